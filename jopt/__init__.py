@@ -1,0 +1,102 @@
+"""jopt: functional optimizers for JAX.
+
+Pure ``(init, update)`` gradient transformations composed with :func:`chain`, whose numeric
+hyperparameters live in the optimizer state as arrays (see DESIGN.md). Every public name is
+re-exported here.
+"""
+
+from jopt import errors as errors
+from jopt import schedules as schedules
+from jopt._aliases import adam as adam
+from jopt._aliases import adamw as adamw
+from jopt._aliases import sgd as sgd
+from jopt._base import EmptyState as EmptyState
+from jopt._base import GradientTransformation as GradientTransformation
+from jopt._base import identity as identity
+from jopt._base import safe_increment as safe_increment
+from jopt._chain import chain as chain
+from jopt._chain import named_chain as named_chain
+from jopt._chain import to_optax as to_optax
+from jopt._clip import ClipByGlobalNormState as ClipByGlobalNormState
+from jopt._clip import ClipState as ClipState
+from jopt._clip import clip as clip
+from jopt._clip import clip_by_global_norm as clip_by_global_norm
+from jopt._early_stopping import EarlyStopping as EarlyStopping
+from jopt._early_stopping import EarlyStoppingState as EarlyStoppingState
+from jopt._early_stopping import Status as Status
+from jopt._early_stopping import best_params as best_params
+from jopt._early_stopping import early_stopping as early_stopping
+from jopt._early_stopping import should_stop as should_stop
+from jopt._early_stopping import stop_reason as stop_reason
+from jopt._hyperparams import get_hyperparams as get_hyperparams
+from jopt._hyperparams import set_hyperparams as set_hyperparams
+from jopt._scale import ScaleByAdamState as ScaleByAdamState
+from jopt._scale import ScaleByLearningRateState as ScaleByLearningRateState
+from jopt._scale import ScaleState as ScaleState
+from jopt._scale import TraceState as TraceState
+from jopt._scale import scale as scale
+from jopt._scale import scale_by_adam as scale_by_adam
+from jopt._scale import scale_by_learning_rate as scale_by_learning_rate
+from jopt._scale import trace as trace
+from jopt._schedules import Schedule as Schedule
+from jopt._schedules import constant as constant
+from jopt._schedules import cosine_decay as cosine_decay
+from jopt._schedules import exponential_decay as exponential_decay
+from jopt._schedules import join as join
+from jopt._schedules import linear as linear
+from jopt._schedules import make_schedule as make_schedule
+from jopt._schedules import piecewise_constant as piecewise_constant
+from jopt._schedules import warmup_cosine_decay as warmup_cosine_decay
+from jopt._tree import apply_updates as apply_updates
+from jopt._weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
+from jopt._weight_decay import add_decayed_weights as add_decayed_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddDecayedWeightsState",
+    "ClipByGlobalNormState",
+    "ClipState",
+    "EarlyStopping",
+    "EarlyStoppingState",
+    "EmptyState",
+    "GradientTransformation",
+    "Schedule",
+    "ScaleByAdamState",
+    "ScaleByLearningRateState",
+    "ScaleState",
+    "Status",
+    "TraceState",
+    "adam",
+    "adamw",
+    "add_decayed_weights",
+    "apply_updates",
+    "best_params",
+    "chain",
+    "clip",
+    "clip_by_global_norm",
+    "constant",
+    "cosine_decay",
+    "early_stopping",
+    "errors",
+    "exponential_decay",
+    "get_hyperparams",
+    "identity",
+    "join",
+    "linear",
+    "make_schedule",
+    "named_chain",
+    "piecewise_constant",
+    "safe_increment",
+    "scale",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "schedules",
+    "set_hyperparams",
+    "sgd",
+    "should_stop",
+    "stop_reason",
+    "to_optax",
+    "trace",
+    "warmup_cosine_decay",
+]

@@ -1,0 +1,184 @@
+"""Named optimizers: short chains of building blocks.
+
+Each optimizer here is :func:`jopt.chain` of blocks from the scaling, weight-decay and
+learning-rate modules; nothing is implemented twice. The returned transformation's ``repr``
+is the optimizer's call (``adamw(learning_rate=0.001, ...)``), its state is the chain's tuple
+of link states, and :func:`jopt.get_hyperparams` finds every hyperparameter by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jopt._base import GradientTransformation
+from jopt._chain import chain
+from jopt._scale import scale_by_adam, scale_by_learning_rate, trace
+from jopt._weight_decay import add_decayed_weights
+from jopt.errors import InvalidHyperparameterError
+
+
+def _named(tx: GradientTransformation, name: str, config: dict[str, Any]) -> GradientTransformation:
+    return GradientTransformation(tx.init, tx.update, name=name, config=config)
+
+
+def sgd(
+    learning_rate: Any,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any = None,
+) -> GradientTransformation:
+    """Stochastic gradient descent, with optional (Nesterov) momentum.
+
+    .. math::
+       b_t = g_t + \\mu b_{t-1}, \\qquad
+       \\theta_t = \\theta_{t-1} - \\eta(t) \\cdot
+       \\begin{cases} g_t + \\mu b_t & \\text{nesterov} \\\\ b_t & \\text{momentum} \\\\
+       g_t & \\text{no momentum}\\end{cases}
+
+    Equal to ``torch.optim.SGD(lr, momentum, nesterov=...)`` with dampening 0, and to
+    ``chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))``.
+
+    Args:
+      learning_rate: :math:`\\eta`: a float >= 0, a jopt schedule or a callable of the step.
+      momentum: :math:`\\mu` in [0, 1], or ``None`` (plain SGD, no state). Default None.
+      nesterov: Nesterov momentum (needs ``momentum``). Default False.
+      accumulator_dtype: storage dtype of the momentum buffer (default: parameter dtype
+        promoted to at least float32).
+
+    Returns:
+      A :class:`GradientTransformation`; its state is a tuple of link states.
+
+    Raises:
+      InvalidHyperparameterError: for a negative learning rate, momentum outside [0, 1], or
+        ``nesterov=True`` without momentum.
+
+    References:
+      Robbins & Monro, "A Stochastic Approximation Method", 1951. Sutskever et al., `On the
+      importance of initialization and momentum in deep learning
+      <https://proceedings.mlr.press/v28/sutskever13.html>`_, ICML 2013.
+    """
+    if nesterov and momentum is None:
+        raise InvalidHyperparameterError("sgd", "momentum", momentum, "set when nesterov=True")
+    links = []
+    if momentum is not None:
+        links.append(trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype))
+    links.append(scale_by_learning_rate(learning_rate))
+    config: dict[str, Any] = {"learning_rate": learning_rate, "momentum": momentum}
+    if nesterov:
+        config["nesterov"] = True
+    if accumulator_dtype is not None:
+        config["accumulator_dtype"] = accumulator_dtype
+    return _named(chain(*links), "sgd", config)
+
+
+def adam(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    nesterov: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> GradientTransformation:
+    """Adam: ``chain(scale_by_adam(...), scale_by_learning_rate(learning_rate))``.
+
+    .. math::
+       \\theta_t = \\theta_{t-1} - \\eta(t)\\, \\hat m_t / (\\sqrt{\\hat v_t + \\epsilon_{root}}
+       + \\epsilon)
+
+    with the bias-corrected moments of :func:`scale_by_adam` (see there for every symbol).
+
+    Args:
+      learning_rate: :math:`\\eta`: a float >= 0, a jopt schedule or a callable of the step.
+      b1, b2, eps, eps_root, nesterov, mu_dtype, nu_dtype: as in :func:`scale_by_adam`
+        (defaults 0.9, 0.999, 1e-8, 0.0, False, None, None).
+
+    Returns:
+      A :class:`GradientTransformation`; state ``(ScaleByAdamState, ScaleByLearningRateState)``.
+
+    Raises:
+      InvalidHyperparameterError: for out-of-range hyperparameters.
+
+    References:
+      Kingma & Ba, `Adam: A Method for Stochastic Optimization
+      <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
+    """
+    tx = chain(
+        scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov, mu_dtype=mu_dtype,
+                      nu_dtype=nu_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+    config: dict[str, Any] = {"learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps,
+                              "eps_root": eps_root}
+    if nesterov:
+        config["nesterov"] = True
+    if mu_dtype is not None:
+        config["mu_dtype"] = mu_dtype
+    if nu_dtype is not None:
+        config["nu_dtype"] = nu_dtype
+    return _named(tx, "adam", config)
+
+
+def adamw(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    weight_decay: Any = 1e-4,
+    mask: Any = None,
+    *,
+    nesterov: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> GradientTransformation:
+    """AdamW: Adam with decoupled weight decay.
+
+    ``chain(scale_by_adam(...), add_decayed_weights(weight_decay, mask),
+    scale_by_learning_rate(learning_rate))``:
+
+    .. math::
+       \\theta_t = \\theta_{t-1} - \\eta(t)\\big(\\hat m_t / (\\sqrt{\\hat v_t +
+       \\epsilon_{root}} + \\epsilon) + \\lambda\\, \\theta_{t-1}\\big)
+
+    The decay is multiplied by the learning rate (as in ``torch.optim.AdamW`` and optax's
+    ``adamw``), so a schedule on ``learning_rate`` also schedules the decay, which is the
+    paper's :math:`\\eta_t` multiplier.
+
+    Args:
+      learning_rate: :math:`\\eta`: a float >= 0, a jopt schedule or a callable of the step.
+      b1, b2, eps, eps_root, nesterov, mu_dtype, nu_dtype: as in :func:`scale_by_adam`.
+      weight_decay: :math:`\\lambda \\ge 0` (float, schedule or callable). Default 1e-4.
+      mask: which parameters to decay (tree of bools or callable ``params -> tree``), as in
+        :func:`add_decayed_weights`. Default None (all).
+
+    Returns:
+      A :class:`GradientTransformation`; state ``(ScaleByAdamState, AddDecayedWeightsState,
+      ScaleByLearningRateState)``.
+
+    Raises:
+      InvalidHyperparameterError: for out-of-range hyperparameters.
+
+    References:
+      Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+      <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+    """
+    tx = chain(
+        scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov, mu_dtype=mu_dtype,
+                      nu_dtype=nu_dtype),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+    config: dict[str, Any] = {"learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps,
+                              "eps_root": eps_root, "weight_decay": weight_decay}
+    if mask is not None:
+        config["mask"] = mask
+    if nesterov:
+        config["nesterov"] = True
+    if mu_dtype is not None:
+        config["mu_dtype"] = mu_dtype
+    if nu_dtype is not None:
+        config["nu_dtype"] = nu_dtype
+    return _named(tx, "adamw", config)

@@ -1,0 +1,136 @@
+"""Clipping: ``clip`` (elementwise) and ``clip_by_global_norm``."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jopt import _tree
+from jopt._base import GradientTransformation
+from jopt._validate import as_state_scalar, check_real
+
+
+class ClipState(NamedTuple):
+    """State of :func:`clip`.
+
+    Attributes:
+      hyperparams: ``{"max_delta": float32 scalar}``.
+    """
+
+    hyperparams: dict[str, jax.Array]
+
+
+def clip(max_delta: float) -> GradientTransformation:
+    """Clips every element of the updates to ``[-max_delta, max_delta]``.
+
+    .. math::
+       u \\leftarrow \\min(\\max(u, -\\delta), \\delta)
+
+    For complex updates the magnitude is clipped and the phase kept:
+    :math:`u \\leftarrow u \\min(1, \\delta / |u|)` (0 stays 0).
+
+    Args:
+      max_delta: :math:`\\delta \\ge 0`, stored as a float32 state array.
+
+    Returns:
+      A :class:`GradientTransformation` with state :class:`ClipState`.
+
+    Raises:
+      InvalidHyperparameterError: if ``max_delta`` is negative or not finite.
+    """
+    name = "clip"
+    check_real(name, "max_delta", max_delta, lo=0)
+    m0 = as_state_scalar(max_delta)
+
+    def init_fn(params):
+        del params
+        return ClipState(hyperparams={"max_delta": m0})
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _tree.check_state_type(name, state, ClipState)
+        _tree.check_updates(name, updates, None, params)
+        m = state.hyperparams["max_delta"]
+
+        def one(u):
+            ct = _tree.compute_dtype(u.dtype)
+            mm = _tree.cast_scalar(m, _tree.real_dtype(ct))
+            u_ = u.astype(ct)
+            if jnp.iscomplexobj(u_):
+                mag = jnp.abs(u_)
+                factor = jnp.where(mag > mm, mm / jnp.where(mag > mm, mag, 1), 1)
+                return (u_ * factor.astype(ct)).astype(u.dtype)
+            return jnp.clip(u_, -mm, mm).astype(u.dtype)
+
+        return jax.tree_util.tree_map(one, updates), state
+
+    return GradientTransformation(init_fn, update_fn, name=name, config={"max_delta": max_delta})
+
+
+class ClipByGlobalNormState(NamedTuple):
+    """State of :func:`clip_by_global_norm`.
+
+    Attributes:
+      hyperparams: ``{"max_norm": float32 scalar}``.
+    """
+
+    hyperparams: dict[str, jax.Array]
+
+
+def clip_by_global_norm(max_norm: float, axis_name: Any = None) -> GradientTransformation:
+    """Rescales the whole update tree so that its global L2 norm is at most ``max_norm``.
+
+    .. math::
+       \\|g\\| = \\sqrt{\\textstyle\\sum_{\\text{leaves}} \\sum_i |g_i|^2}, \\qquad
+       u \\leftarrow u \\cdot \\begin{cases} c / \\|g\\| & \\|g\\| > c \\\\ 1 & \\text{otherwise}
+       \\end{cases}
+
+    The factor is a scalar computed once (in float32, or float64 for float64 updates), so no
+    full-size temporary is made; a zero norm gives a factor of 1 and ``max_norm = 0`` of a zero
+    tree gives zeros, never ``0/0``. Complex leaves contribute :math:`|g|^2`.
+
+    Args:
+      max_norm: :math:`c \\ge 0`, stored as a float32 state array.
+      axis_name: a mapped axis name (``pmap``/``shard_map``) over which the leaves are split;
+        the squared norm is summed over it with ``lax.psum`` so every device applies the same
+        factor. Default ``None`` (the leaves are whole).
+
+    Returns:
+      A :class:`GradientTransformation` with state :class:`ClipByGlobalNormState`.
+
+    Raises:
+      InvalidHyperparameterError: if ``max_norm`` is negative or not finite.
+
+    References:
+      Pascanu, Mikolov & Bengio, `On the difficulty of training recurrent neural networks
+      <https://arxiv.org/abs/1211.5063>`_, ICML 2013.
+    """
+    name = "clip_by_global_norm"
+    check_real(name, "max_norm", max_norm, lo=0)
+    m0 = as_state_scalar(max_norm)
+
+    def init_fn(params):
+        del params
+        return ClipByGlobalNormState(hyperparams={"max_norm": m0})
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _tree.check_state_type(name, state, ClipByGlobalNormState)
+        _tree.check_updates(name, updates, None, params)
+        norm = jnp.sqrt(_tree.global_norm_sq(updates, axis_name))
+        m = state.hyperparams["max_norm"].astype(norm.dtype)
+        over = norm > m
+        factor = jnp.where(over, m / jnp.where(over, norm, 1), 1).astype(norm.dtype)
+
+        def one(u):
+            ct = _tree.compute_dtype(u.dtype)
+            return (u.astype(ct) * _tree.cast_scalar(factor, ct)).astype(u.dtype)
+
+        return jax.tree_util.tree_map(one, updates), state
+
+    config: dict[str, Any] = {"max_norm": max_norm}
+    if axis_name is not None:
+        config["axis_name"] = axis_name
+    return GradientTransformation(init_fn, update_fn, name=name, config=config)

@@ -1,0 +1,227 @@
+"""Tree helpers: structure checks with readable errors, dtype rules, norms, apply_updates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jopt.errors import TreeMismatchError
+
+PyTree = Any
+
+
+def describe(leaf: Any) -> str:
+    """``'shape (3, 4) float32'`` for an array-like leaf."""
+    shape = tuple(getattr(leaf, "shape", np.shape(leaf)))
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(leaf).dtype
+    return f"shape {shape} {np.dtype(dtype).name}"
+
+
+def _paths(tree: PyTree) -> dict[str, Any]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
+
+
+def check_match(
+    transformation: str,
+    expected: PyTree,
+    got: PyTree,
+    *,
+    expected_name: str,
+    got_name: str,
+    shapes: bool = True,
+    dtypes: bool = False,
+) -> None:
+    """Raises :class:`TreeMismatchError` unless ``got`` matches ``expected``.
+
+    Compares tree structure, then (optionally) leaf shapes and dtypes. All comparisons are on
+    static information, so this costs nothing at run time.
+
+    Args:
+      transformation: name shown in the message.
+      expected: the reference tree (for example the state's first moment).
+      got: the tree to check (for example the incoming updates).
+      expected_name: what ``expected`` is, in words (``"the parameters init saw"``).
+      got_name: what ``got`` is, in words (``"updates"``).
+      shapes: compare leaf shapes.
+      dtypes: compare leaf dtypes.
+    """
+    exp_def = jax.tree_util.tree_structure(expected)
+    got_def = jax.tree_util.tree_structure(got)
+    if exp_def != got_def:
+        exp_paths = _paths(expected)
+        got_paths = _paths(got)
+        missing = [p for p in exp_paths if p not in got_paths]
+        extra = [p for p in got_paths if p not in exp_paths]
+        what = f"the {got_name} do not have the structure of {expected_name}"
+        if missing:
+            raise TreeMismatchError(
+                transformation, what, missing[0], f"a leaf ({describe(exp_paths[missing[0]])})",
+                "no leaf there" + (f" (extra leaf at {extra[0]})" if extra else ""),
+            )
+        if extra:
+            raise TreeMismatchError(
+                transformation, what, extra[0], "no leaf there",
+                f"a leaf ({describe(got_paths[extra[0]])})",
+            )
+        raise TreeMismatchError(transformation, what, "", f"tree {exp_def}", f"tree {got_def}")
+    if not (shapes or dtypes):
+        return
+    exp_leaves, _ = jax.tree_util.tree_flatten_with_path(expected)
+    got_leaves = jax.tree_util.tree_leaves(got)
+    for (path, e), g in zip(exp_leaves, got_leaves):
+        e_shape = tuple(np.shape(e)) if not hasattr(e, "shape") else tuple(e.shape)
+        g_shape = tuple(np.shape(g)) if not hasattr(g, "shape") else tuple(g.shape)
+        bad_shape = shapes and e_shape != g_shape
+        bad_dtype = dtypes and np.dtype(getattr(e, "dtype", None) or np.asarray(e).dtype) != np.dtype(
+            getattr(g, "dtype", None) or np.asarray(g).dtype
+        )
+        if bad_shape or bad_dtype:
+            kind = "shape" if bad_shape else "dtype"
+            raise TreeMismatchError(
+                transformation,
+                f"the {got_name} have the wrong {kind} for {expected_name}",
+                jax.tree_util.keystr(path),
+                describe(e),
+                describe(g),
+            )
+
+
+def compute_dtype(dtype: Any) -> np.dtype:
+    """The dtype arithmetic is done in: at least float32, complex stays complex.
+
+    bfloat16 and float16 inputs are promoted to float32 so that hyperparameters such as
+    ``b2 = 0.999`` and ``eps = 1e-8`` keep their meaning; float32, float64 and complex types
+    are kept.
+    """
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return dtype
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+        return np.dtype(np.float32)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return np.dtype(np.float32)
+    return dtype
+
+
+def real_dtype(dtype: Any) -> np.dtype:
+    """The real counterpart of a (possibly complex) dtype."""
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return np.dtype(np.float64) if dtype == np.complex128 else np.dtype(np.float32)
+    return dtype
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|**2`` as a real array (``x * conj(x)`` for complex ``x``)."""
+    if jnp.iscomplexobj(x):
+        return jnp.real(x) ** 2 + jnp.imag(x) ** 2
+    return x * x
+
+
+def cast_scalar(value: jax.Array, dtype: Any) -> jax.Array:
+    """Casts a (float32) hyperparameter to the dtype of the arithmetic it enters."""
+    return jnp.asarray(value).astype(dtype)
+
+
+def global_norm_sq(tree: PyTree, axis_name: Any = None) -> jax.Array:
+    """Sum of ``|x|**2`` over every leaf, in float32 (float64 for float64 leaves).
+
+    With ``axis_name``, the sum also runs over that mapped axis (``lax.psum``), which gives the
+    norm of a tree whose leaves are sharded across ``pmap`` or ``shard_map`` devices.
+    """
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        total = jnp.zeros([], jnp.float32)
+    else:
+        acc = np.dtype(np.float32)
+        for leaf in leaves:
+            if real_dtype(compute_dtype(leaf.dtype)) == np.float64:
+                acc = np.dtype(np.float64)
+        total = sum(
+            jnp.sum(abs_sq(leaf.astype(compute_dtype(leaf.dtype)))).astype(acc) for leaf in leaves
+        )
+    if axis_name is not None:
+        total = jax.lax.psum(total, axis_name)
+    return total
+
+
+def zeros_like(tree: PyTree, dtype: Any = None) -> PyTree:
+    """Zeros with each leaf's shape (and sharding, for concrete arrays), in ``dtype`` if given."""
+    return jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=dtype or p.dtype), tree)
+
+
+def _wider(a: np.dtype, b: np.dtype) -> np.dtype:
+    if a == b:
+        return a
+    if jnp.issubdtype(b, jnp.complexfloating) and not jnp.issubdtype(a, jnp.complexfloating):
+        return b
+    if jnp.issubdtype(a, jnp.complexfloating) and not jnp.issubdtype(b, jnp.complexfloating):
+        return a
+    return a if a.itemsize >= b.itemsize else b
+
+
+def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
+    """Adds updates to parameters; each result leaf keeps its parameter's dtype.
+
+    The sum is computed in the wider of the two dtypes, then cast back to the parameter's
+    dtype, so float32 updates added to bfloat16 parameters lose no more than the final
+    rounding. Leaves that are ``None`` in ``params`` stay ``None``.
+
+    Args:
+      params: a tree of arrays.
+      updates: a tree of arrays with the same structure and shapes as ``params``.
+
+    Returns:
+      ``params + updates``, same tree, shapes and dtypes as ``params``.
+
+    Raises:
+      TreeMismatchError: if the trees differ in structure or a shape differs; the message
+        names the tree path.
+    """
+    check_match(
+        "apply_updates", params, updates, expected_name="the parameters", got_name="updates"
+    )
+
+    def add(p, u):
+        p_dtype = np.dtype(p.dtype)
+        ct = _wider(p_dtype, np.dtype(u.dtype))
+        if jnp.issubdtype(p_dtype, jnp.complexfloating) or not jnp.issubdtype(
+            ct, jnp.complexfloating
+        ):
+            return (jnp.asarray(p).astype(ct) + jnp.asarray(u).astype(ct)).astype(p_dtype)
+        return (jnp.asarray(p).astype(ct) + jnp.asarray(u).astype(ct)).real.astype(p_dtype)
+
+    return jax.tree_util.tree_map(add, params, updates)
+
+
+def check_state_type(transformation: str, state: Any, cls: type) -> None:
+    """Raises :class:`TreeMismatchError` if ``state`` is not the state ``init`` builds."""
+    if not isinstance(state, cls):
+        raise TreeMismatchError(
+            transformation,
+            "the state is not the one this transformation's init builds",
+            "",
+            cls.__name__,
+            type(state).__name__,
+        )
+
+
+def check_updates(
+    transformation: str, updates: PyTree, reference: PyTree | None, params: PyTree | None
+) -> None:
+    """Checks updates against a per-parameter state tree and, if given, the parameters."""
+    if reference is not None:
+        check_match(
+            transformation, reference, updates,
+            expected_name="the parameters init saw", got_name="updates",
+        )
+    if params is not None:
+        check_match(
+            transformation, updates, params, expected_name="the updates", got_name="params"
+        )

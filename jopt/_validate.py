@@ -1,0 +1,109 @@
+"""Construction-time checks of hyperparameters and conversion to state arrays."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jopt.errors import InvalidHyperparameterError
+
+
+def _is_concrete(value: Any) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def as_float(transformation: str, name: str, value: Any) -> float | None:
+    """The Python float of a concrete real scalar, ``None`` for a traced one; raises otherwise."""
+    if isinstance(value, bool) or value is None:
+        raise InvalidHyperparameterError(transformation, name, value, "a real number")
+    if not _is_concrete(value):
+        return None
+    if isinstance(value, (np.ndarray, jax.Array, np.generic)):
+        if np.ndim(value) != 0:
+            # Arrays of hyperparameters (for a population built eagerly) are allowed; check each.
+            arr = np.asarray(value)
+            if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+                raise InvalidHyperparameterError(transformation, name, value, "a real number")
+            return None
+        value = np.asarray(value).item()
+    if isinstance(value, complex) or not isinstance(value, (int, float)):
+        raise InvalidHyperparameterError(transformation, name, value, "a real number")
+    return float(value)
+
+
+def check_real(
+    transformation: str,
+    name: str,
+    value: Any,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    integer: bool = False,
+) -> None:
+    """Raises :class:`InvalidHyperparameterError` unless ``value`` is a finite real in range.
+
+    Arrays are checked elementwise; traced values are not checked (they are data).
+    """
+    if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) > 0 and _is_concrete(value):
+        for v in np.asarray(value).reshape(-1):
+            check_real(
+                transformation, name, v.item(), lo=lo, hi=hi, lo_open=lo_open,
+                hi_open=hi_open, integer=integer,
+            )
+        return
+    x = as_float(transformation, name, value)
+    if x is None:
+        return
+    lo_sym = "(" if lo_open else "["
+    hi_sym = ")" if hi_open else "]"
+    if lo is not None and hi is not None:
+        requirement = f"in {lo_sym}{lo:g}, {hi:g}{hi_sym}"
+    elif lo is not None:
+        requirement = f"{'>' if lo_open else '>='} {lo:g}"
+    elif hi is not None:
+        requirement = f"{'<' if hi_open else '<='} {hi:g}"
+    else:
+        requirement = "a finite real number"
+    if integer:
+        requirement = "an integer " + requirement if requirement else "an integer"
+    if not math.isfinite(x):
+        raise InvalidHyperparameterError(transformation, name, value, f"finite ({requirement})")
+    if integer and x != int(x):
+        raise InvalidHyperparameterError(transformation, name, value, requirement)
+    if lo is not None and (x < lo or (lo_open and x == lo)):
+        raise InvalidHyperparameterError(transformation, name, value, requirement)
+    if hi is not None and (x > hi or (hi_open and x == hi)):
+        raise InvalidHyperparameterError(transformation, name, value, requirement)
+
+
+def as_state_scalar(value: Any) -> jax.Array:
+    """A hyperparameter as a state array: float32, or wider if given wider (float64)."""
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        dtype = np.dtype(value.dtype)
+        if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize >= 4:
+            return jnp.asarray(value)
+        return jnp.asarray(value, dtype=jnp.float32)
+    return jnp.asarray(value, dtype=jnp.float32)
+
+
+def check_dtype_option(transformation: str, name: str, value: Any) -> np.dtype | None:
+    """Validates a ``mu_dtype``-style option: ``None`` or a floating dtype."""
+    if value is None:
+        return None
+    try:
+        dtype = np.dtype(jnp.dtype(value))
+    except TypeError:
+        raise InvalidHyperparameterError(
+            transformation, name, value, "None or a floating dtype (e.g. 'bfloat16')"
+        ) from None
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise InvalidHyperparameterError(
+            transformation, name, value, "None or a floating dtype (e.g. 'bfloat16')"
+        )
+    return dtype
