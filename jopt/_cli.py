@@ -1,0 +1,701 @@
+"""The ``jopt`` console program.
+
+``jopt train`` trains a small flax MLP classifier with a jopt optimizer on a scikit-learn toy
+data set (or a user's ``.npz`` file), with a learning-rate schedule, gradient clipping and
+early stopping on the validation loss, and writes ``metrics.json`` and ``curves.png``.
+``--compare optax`` replays the same run with optax and reports how closely the per-step
+losses agree.
+
+flax, scikit-learn, tqdm and matplotlib are the optional extra ``jopt[examples]``; they (and
+JAX itself) are imported only when a command runs, so ``jopt --help`` stays fast and a missing
+extra gives a one-line error instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "build_parser"]
+
+DATASETS = ("digits", "breast_cancer", "wine")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("warmup_cosine", "constant", "linear", "exponential")
+HIDDEN_SIZES = (128, 128)
+# The train/validation/test split is fixed (independent of --seed) so that runs with
+# different seeds or optimizers are scored on the same held-out examples.
+SPLIT_SEED = 0
+VAL_FRACTION = 0.15
+TEST_FRACTION = 0.15
+SGD_MOMENTUM = 0.9
+# "exponential" decays the peak learning rate to this fraction of it by the last planned step.
+EXPONENTIAL_FINAL_FRACTION = 0.01
+EXAMPLES_HINT = 'pip install "jopt[examples]"'
+
+
+class CLIError(Exception):
+    """A user mistake: printed as one line ``jopt train: error: ...``, exit status 2."""
+
+
+# --------------------------------------------------------------------------- argument parsing
+
+
+def _number(kind, text: str, *, positive: bool):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    if positive and value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    if not positive and value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _number(int, text, positive=True)
+
+
+def _nonneg_int(text: str) -> int:
+    return _number(int, text, positive=False)
+
+
+def _positive_float(text: str) -> float:
+    return _number(float, text, positive=True)
+
+
+def _nonneg_float(text: str) -> float:
+    return _number(float, text, positive=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``jopt`` program (subcommand ``train``).
+
+    Returns:
+      An :class:`argparse.ArgumentParser` whose ``train`` subparser is named ``jopt train``,
+      so argparse's own errors read ``jopt train: error: ...``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="jopt", description="jopt command-line tools."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = sub.add_parser(
+        "train",
+        prog="jopt train",
+        help="train a small MLP classifier with a jopt optimizer",
+        description=(
+            "Train a flax MLP classifier with jopt (gradient clipping, a learning-rate "
+            "schedule and early stopping on the validation loss that restores the best "
+            "parameters). Writes metrics.json and curves.png to the output folder. Needs "
+            f'the optional extra: {EXAMPLES_HINT}.'
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = train.add_mutually_exclusive_group()
+    data.add_argument("--dataset", choices=DATASETS, default="digits",
+                      help="scikit-learn bundled data set")
+    data.add_argument("--data", metavar="FILE.npz", default=None,
+                      help="an .npz file with arrays X (2-D, numeric) and y (integer labels); "
+                           "loaded without unpickling")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                       help=f"optimizer (sgd uses momentum {SGD_MOMENTUM})")
+    train.add_argument("--learning-rate", type=_positive_float, default=3e-3,
+                       help="peak learning rate")
+    train.add_argument("--schedule", choices=SCHEDULES, default="warmup_cosine",
+                       help="learning-rate schedule over the planned steps; every schedule "
+                            "starts with a linear warm-up of --warmup-steps")
+    train.add_argument("--warmup-steps", type=_nonneg_int, default=50,
+                       help="linear warm-up from 0 to the peak learning rate, in updates")
+    train.add_argument("--weight-decay", type=_nonneg_float, default=1e-4,
+                       help="decoupled weight decay (adamw only)")
+    train.add_argument("--clip-norm", type=_positive_float, default=1.0,
+                       help="clip gradients to this global L2 norm")
+    train.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
+    train.add_argument("--epochs", type=_positive_int, default=40,
+                       help="maximum number of epochs (the schedule is planned for all of them)")
+    train.add_argument("--patience", type=_nonneg_int, default=8,
+                       help="epochs without validation-loss improvement before stopping")
+    train.add_argument("--min-delta", type=_nonneg_float, default=1e-4,
+                       help="smallest validation-loss decrease that counts as an improvement")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of the initial parameters and of the batch order")
+    train.add_argument("--out", metavar="DIR", default=None,
+                       help="output folder (default: jopt-runs/train-<YYYYmmdd-HHMMSS>)")
+    train.add_argument("--compare", choices=("optax",), default=None,
+                       help="replay the run with optax (same initial parameters, batches and "
+                            "number of steps) and report the largest per-step relative loss "
+                            "difference")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the ``jopt`` program.
+
+    Args:
+      argv: the arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns:
+      The exit status: 0 on success, 2 for a usage or input error (bad option, unreadable or
+      malformed data file, missing optional dependency), reported on one line on stderr.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        # argparse exits on --help (0) and on errors (2); return the status so in-process
+        # callers (and tests) get it as a value.
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return _train(args)
+    except CLIError as e:
+        print(f"jopt train: error: {e}", file=sys.stderr)
+        return 2
+
+
+# --------------------------------------------------------------------------------- data
+
+
+def _import_examples() -> dict[str, Any]:
+    """The optional dependencies, imported lazily; a missing one is a :class:`CLIError`."""
+    try:
+        from flax import nnx
+        import matplotlib
+        import sklearn.datasets
+        import sklearn.model_selection
+        import sklearn.preprocessing
+        import tqdm
+    except ImportError as e:
+        missing = getattr(e, "name", None) or "a dependency"
+        raise CLIError(
+            f"`jopt train` needs flax, scikit-learn, tqdm and matplotlib ({missing} is "
+            f"missing): {EXAMPLES_HINT}"
+        ) from None
+    del matplotlib
+    return {"nnx": nnx, "sklearn": sklearn, "tqdm": tqdm.tqdm}
+
+
+def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    if not os.path.exists(path):
+        raise CLIError(f"data file not found: {path}")
+    if os.path.isdir(path):
+        raise CLIError(f"data file is a directory: {path}")
+    try:
+        # allow_pickle=False: a data file is never unpickled (pickles can run code).
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise CLIError(f"cannot read {path} as an .npz archive: {_one_line(e)}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise CLIError(f"{path} is a single .npy array, not an .npz archive with arrays X and y")
+    with archive:
+        missing = [k for k in ("X", "y") if k not in archive.files]
+        if missing:
+            found = ", ".join(archive.files) or "none"
+            raise CLIError(
+                f"{path} lacks array(s) {', '.join(missing)} (it needs X and y; found: {found})"
+            )
+        arrays = []
+        for key in ("X", "y"):
+            try:
+                arrays.append(archive[key])
+            except ValueError as e:
+                # numpy refuses object arrays when allow_pickle=False.
+                raise CLIError(
+                    f"array {key} in {path} is not numeric (object arrays are never unpickled): "
+                    f"{_one_line(e)}"
+                ) from None
+            except Exception as e:  # a corrupt member: zlib, zipfile or format errors
+                raise CLIError(f"cannot read array {key} in {path}: {_one_line(e)}") from None
+    return arrays[0], arrays[1]
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _check_arrays(X: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validates ``X`` and ``y``; returns float32 features and int32 labels 0..k-1."""
+    def is_real(a):
+        return a.dtype.kind in "biuf"
+
+    if not is_real(X):
+        raise CLIError(f"X in {source} must be numeric (int, float or bool); got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise CLIError(f"X in {source} must be 2-D (samples x features); got shape {X.shape}")
+    if not is_real(y):
+        raise CLIError(f"y in {source} must hold integer class labels; got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise CLIError(f"y in {source} must be 1-D (one label per sample); got shape {y.shape}")
+    if X.shape[0] != y.shape[0]:
+        raise CLIError(
+            f"X and y in {source} have different lengths: {X.shape[0]} samples, "
+            f"{y.shape[0]} labels"
+        )
+    if X.shape[1] == 0:
+        raise CLIError(f"X in {source} has no features (shape {X.shape})")
+    X = X.astype(np.float64)
+    if not np.all(np.isfinite(X)):
+        raise CLIError(f"X in {source} contains NaN or infinite values")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise CLIError(f"y in {source} must hold integer class labels; got non-integer values")
+    classes, labels = np.unique(y, return_inverse=True)
+    if classes.shape[0] < 2:
+        raise CLIError(f"y in {source} must contain at least 2 classes; got {classes.shape[0]}")
+    if X.shape[0] < 10:
+        raise CLIError(f"{source} has {X.shape[0]} samples; at least 10 are needed to split it")
+    return X, labels.astype(np.int32).reshape(-1)
+
+
+def load_data(args: argparse.Namespace, sklearn: Any) -> dict[str, Any]:
+    """Loads, checks, splits (fixed seed) and standardises the data.
+
+    Returns:
+      A dict with ``name``, float32 ``X_train``/``X_val``/``X_test``, int32 ``y_*`` and
+      ``n_classes``. Features are standardised with the training split's mean and standard
+      deviation only, so nothing leaks from the held-out splits.
+    """
+    if args.data is not None:
+        X, y = _load_npz(args.data)
+        name = args.data
+    else:
+        loader = getattr(sklearn.datasets, f"load_{args.dataset}")
+        X, y = loader(return_X_y=True)
+        name = args.dataset
+    X, y = _check_arrays(np.asarray(X), np.asarray(y), name)
+    split = sklearn.model_selection.train_test_split
+    idx = np.arange(X.shape[0])
+    n_hold = VAL_FRACTION + TEST_FRACTION
+
+    def two_way(ix, frac, labels):
+        try:  # stratify when every class has enough members, else split at random
+            return split(ix, test_size=frac, random_state=SPLIT_SEED, stratify=labels)
+        except ValueError:
+            return split(ix, test_size=frac, random_state=SPLIT_SEED)
+
+    tr, hold = two_way(idx, n_hold, y)
+    va, te = two_way(hold, TEST_FRACTION / n_hold, y[hold])
+    scaler = sklearn.preprocessing.StandardScaler().fit(X[tr])
+    out = {"name": name, "n_classes": int(y.max()) + 1, "n_features": int(X.shape[1])}
+    for part, ix in (("train", tr), ("val", va), ("test", te)):
+        out[f"X_{part}"] = scaler.transform(X[ix]).astype(np.float32)
+        out[f"y_{part}"] = y[ix].astype(np.int32)
+    return out
+
+
+# ------------------------------------------------------------------------- optimizers
+
+
+def make_jopt_optimizer(cfg: dict[str, Any]):
+    """The jopt optimizer of a run: ``chain(clip_by_global_norm, <optimizer>(schedule))``.
+
+    Args:
+      cfg: the run configuration (keys of :func:`_config`).
+
+    Returns:
+      ``(tx, schedule)``.
+    """
+    import jopt
+
+    lr, warm, total = cfg["learning_rate"], cfg["warmup_steps"], cfg["total_steps"]
+    name = cfg["schedule"]
+    if name == "warmup_cosine":
+        # decay_steps counts the warm-up too, so the cosine ends on the last planned step.
+        schedule = jopt.warmup_cosine_decay(0.0, lr, warm, total, end_value=0.0)
+    else:
+        rest = total - warm
+        if name == "constant":
+            main = jopt.constant(lr)
+        elif name == "linear":
+            main = jopt.linear(lr, 0.0, rest)
+        else:
+            main = jopt.exponential_decay(lr, rest, EXPONENTIAL_FINAL_FRACTION)
+        schedule = main if warm == 0 else jopt.join([jopt.linear(0.0, lr, warm), main], [warm])
+    if cfg["optimizer"] == "adamw":
+        opt = jopt.adamw(schedule, weight_decay=cfg["weight_decay"])
+    elif cfg["optimizer"] == "adam":
+        opt = jopt.adam(schedule)
+    else:
+        opt = jopt.sgd(schedule, momentum=SGD_MOMENTUM)
+    return jopt.chain(jopt.clip_by_global_norm(cfg["clip_norm"]), opt), schedule
+
+
+def make_optax_optimizer(cfg: dict[str, Any]):
+    """The optax equivalent of :func:`make_jopt_optimizer` (same chain, same schedule)."""
+    try:
+        import optax
+    except ImportError:
+        raise CLIError("--compare optax needs optax: pip install optax") from None
+    lr, warm, total = cfg["learning_rate"], cfg["warmup_steps"], cfg["total_steps"]
+    name = cfg["schedule"]
+    if name == "warmup_cosine":
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warm, total, end_value=0.0)
+    else:
+        rest = total - warm
+        if name == "constant":
+            main = optax.constant_schedule(lr)
+        elif name == "linear":
+            main = optax.linear_schedule(lr, 0.0, rest)
+        else:
+            main = optax.exponential_decay(lr, rest, EXPONENTIAL_FINAL_FRACTION)
+        schedule = main if warm == 0 else optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warm), main], [warm])
+    if cfg["optimizer"] == "adamw":
+        opt = optax.adamw(schedule, weight_decay=cfg["weight_decay"])
+    elif cfg["optimizer"] == "adam":
+        opt = optax.adam(schedule)
+    else:
+        opt = optax.sgd(schedule, momentum=SGD_MOMENTUM)
+    return optax.chain(optax.clip_by_global_norm(cfg["clip_norm"]), opt), optax.apply_updates
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _make_model(nnx: Any, n_features: int, n_classes: int, seed: int):
+    """A ReLU MLP split into its graph definition and its parameters (a pytree)."""
+
+    class MLP(nnx.Module):
+        def __init__(self, sizes, rngs):
+            self.layers = nnx.List(
+                [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
+            )
+
+        def __call__(self, x):
+            for layer in self.layers[:-1]:
+                x = nnx.relu(layer(x))
+            return self.layers[-1](x)
+
+    model = MLP((n_features, *HIDDEN_SIZES, n_classes), nnx.Rngs(seed))
+    return nnx.split(model, nnx.Param)
+
+
+def _make_functions(nnx: Any, graphdef: Any):
+    """Pure loss/accuracy and evaluation functions of ``(params, x, y)``."""
+    import jax
+    import jax.numpy as jnp
+
+    def loss_and_acc(params, x, y):
+        logits = nnx.merge(graphdef, params)(x)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        nll = -jnp.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
+        acc = jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
+        return jnp.mean(nll), acc
+
+    return loss_and_acc, jax.jit(loss_and_acc)
+
+
+def _make_step(loss_and_acc, tx, apply_updates, lr_of):
+    """A jitted train step ``(params, opt_state, x, y) -> (params, opt_state, loss, acc, lr)``.
+
+    ``lr`` is read from the state *before* the update, i.e. the learning rate this update
+    uses.
+    """
+    import jax
+
+    grad_fn = jax.value_and_grad(loss_and_acc, has_aux=True)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        (loss, acc), grads = grad_fn(params, x, y)
+        lr = lr_of(opt_state)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return apply_updates(params, updates), opt_state, loss, acc, lr
+
+    return step
+
+
+def _batches(order: np.ndarray, batch_size: int):
+    # The last batch of an epoch may be smaller: every example is used once per epoch
+    # (jit compiles a second shape once).
+    return [order[i:i + batch_size] for i in range(0, order.shape[0], batch_size)]
+
+
+def _finite_or_none(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _fmt(x: float, spec: str = ".4f") -> str:
+    return format(x, spec) if math.isfinite(x) else str(x)
+
+
+def _output_dir(out: str | None) -> str:
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = os.path.join(os.getcwd(), "jopt-runs", f"train-{stamp}")
+        path, k = base, 1
+        while os.path.exists(path):  # two runs in the same second get distinct folders
+            path = f"{base}-{k}"
+            k += 1
+    else:
+        path = os.path.abspath(out)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"cannot create output folder {path}: {_one_line(e)}") from None
+    return path
+
+
+def _config(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    n_train = data["X_train"].shape[0]
+    steps_per_epoch = -(-n_train // args.batch_size)
+    total = steps_per_epoch * args.epochs
+    cfg = {
+        "dataset": data["name"],
+        "optimizer": args.optimizer,
+        "learning_rate": args.learning_rate,
+        "schedule": args.schedule,
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay if args.optimizer == "adamw" else None,
+        "clip_norm": args.clip_norm,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "min_delta": args.min_delta,
+        "seed": args.seed,
+        "hidden_sizes": list(HIDDEN_SIZES),
+        "sgd_momentum": SGD_MOMENTUM if args.optimizer == "sgd" else None,
+        "split_seed": SPLIT_SEED,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
+        "compare": args.compare,
+    }
+    if args.schedule != "constant" and args.warmup_steps >= total:
+        raise CLIError(
+            f"--warmup-steps ({args.warmup_steps}) must be smaller than the planned number of "
+            f"steps ({total} = {args.epochs} epochs x {steps_per_epoch} steps)"
+        )
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    deps = _import_examples()
+    nnx, tqdm = deps["nnx"], deps["tqdm"]
+    data = load_data(args, deps["sklearn"])
+    cfg = _config(args, data)
+    out_dir = _output_dir(args.out)
+
+    import jax
+    import jax.numpy as jnp
+
+    import jopt
+
+    try:
+        tx, _ = make_jopt_optimizer(cfg)
+        stopper = jopt.early_stopping(mode="min", min_delta=cfg["min_delta"],
+                                      patience=cfg["patience"], keep_best=True)
+    except jopt.errors.JoptError as e:
+        raise CLIError(_one_line(e)) from None
+    if args.compare == "optax":
+        tx_optax, optax_apply = make_optax_optimizer(cfg)
+
+    graphdef, init_params = _make_model(nnx, data["n_features"], data["n_classes"], args.seed)
+    loss_and_acc, evaluate = _make_functions(nnx, graphdef)
+    step = _make_step(loss_and_acc, tx, jopt.apply_updates,
+                      lambda s: jopt.get_hyperparams(s)["learning_rate"])
+    es_update = jax.jit(stopper.update)
+
+    params = init_params
+    opt_state = tx.init(params)
+    es_state = stopper.init(params)
+    X_val, y_val = jnp.asarray(data["X_val"]), jnp.asarray(data["y_val"])
+    X_tr, y_tr = data["X_train"], data["y_train"]
+    order_rng = np.random.default_rng(args.seed)
+
+    step_log: dict[str, list] = {"loss": [], "accuracy": [], "learning_rate": []}
+    epoch_log: list[dict[str, Any]] = []
+    orders: list[np.ndarray] = []
+    print(f"jopt train: {data['name']} ({X_tr.shape[0]} train / {data['X_val'].shape[0]} val / "
+          f"{data['X_test'].shape[0]} test, {data['n_features']} features, "
+          f"{data['n_classes']} classes), {cfg['optimizer']} + {cfg['schedule']} schedule, "
+          f"peak lr {cfg['learning_rate']:g}, {cfg['epochs']} epochs x "
+          f"{cfg['steps_per_epoch']} steps")
+    bar = tqdm(total=cfg["total_steps"], desc="train", unit="step", file=sys.stderr,
+               mininterval=0.2, dynamic_ncols=True)
+    stopped = False
+    try:
+        for epoch in range(1, cfg["epochs"] + 1):
+            order = order_rng.permutation(X_tr.shape[0])
+            orders.append(order)
+            losses, accs, lrs = [], [], []
+            for idx in _batches(order, cfg["batch_size"]):
+                params, opt_state, loss, acc, lr = step(params, opt_state, X_tr[idx], y_tr[idx])
+                # One host read per step for the live postfix; negligible for this model.
+                loss, acc, lr = float(loss), float(acc), float(lr)
+                losses.append(loss)
+                accs.append(acc)
+                lrs.append(lr)
+                bar.set_postfix(loss=_fmt(loss), acc=_fmt(acc, ".3f"), refresh=False)
+                bar.update(1)
+            val_loss, val_acc = (float(v) for v in evaluate(params, X_val, y_val))
+            es_state = es_update(es_state, jnp.asarray(val_loss, jnp.float32), params)
+            with np.errstate(all="ignore"):  # a diverged epoch averages inf/NaN quietly
+                train_loss, train_acc = float(np.mean(losses)), float(np.mean(accs))
+            step_log["loss"] += losses
+            step_log["accuracy"] += accs
+            step_log["learning_rate"] += lrs
+            epoch_log.append({"epoch": epoch, "train_loss": train_loss,
+                              "train_accuracy": train_acc, "val_loss": val_loss,
+                              "val_accuracy": val_acc, "learning_rate": lrs[-1]})
+            bar.write(f"epoch {epoch:3d}  train_loss {_fmt(train_loss)}  "
+                      f"val_loss {_fmt(val_loss)}  val_acc {_fmt(val_acc)}  lr {lrs[-1]:.3e}")
+            if jopt.should_stop(es_state):
+                stopped = True
+                break
+    finally:
+        bar.close()
+
+    stop_reason = jopt.stop_reason(es_state) if stopped else "max epochs reached"
+    best_step = int(es_state.best_step)
+    best = jopt.best_params(es_state)  # the initial parameters if no epoch was finite
+    test_loss, test_acc = (float(v) for v in evaluate(
+        best, jnp.asarray(data["X_test"]), jnp.asarray(data["y_test"])))
+    summary = {
+        "epochs_run": len(epoch_log),
+        "steps_run": len(step_log["loss"]),
+        "stop_reason": stop_reason,
+        "best_epoch": best_step + 1 if best_step >= 0 else None,
+        "best_val_loss": float(es_state.best_value) if best_step >= 0 else None,
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+    }
+
+    compare = None
+    if args.compare == "optax":
+        compare = _compare_optax(loss_and_acc, tx_optax, optax_apply, init_params, orders,
+                                 X_tr, y_tr, cfg["batch_size"], step_log["loss"])
+
+    summary["wall_time_s"] = time.perf_counter() - t0
+    metrics = {
+        "config": cfg,
+        "data": {"name": data["name"], "n_train": int(X_tr.shape[0]),
+                 "n_val": int(data["X_val"].shape[0]), "n_test": int(data["X_test"].shape[0]),
+                 "n_features": data["n_features"], "n_classes": data["n_classes"]},
+        "steps": {"step": list(range(1, len(step_log["loss"]) + 1)), **step_log},
+        "epochs": epoch_log,
+        "summary": summary,
+    }
+    if compare is not None:
+        metrics["compare"] = compare
+    _write_metrics(os.path.join(out_dir, "metrics.json"), metrics)
+    _plot(os.path.join(out_dir, "curves.png"), metrics)
+
+    print("summary:")
+    print(f"  epochs run:     {summary['epochs_run']} of {cfg['epochs']}")
+    print(f"  stop reason:    {stop_reason}")
+    if summary["best_epoch"] is None:
+        print("  best epoch:     none (no finite validation loss; initial parameters kept)")
+    else:
+        print(f"  best epoch:     {summary['best_epoch']} "
+              f"(val loss {_fmt(summary['best_val_loss'])}, parameters restored)")
+    print(f"  test accuracy:  {_fmt(test_acc)} (test loss {_fmt(test_loss)}, "
+          f"{data['X_test'].shape[0]} examples)")
+    if compare is not None:
+        print(f"  optax compare:  max relative loss difference "
+              f"{compare['max_rel_loss_diff']:.3g} over {compare['steps']} steps "
+              f"(at step {compare['argmax_step']})")
+    print(f"  wall time:      {summary['wall_time_s']:.1f} s")
+    print(f"output folder: {out_dir}")
+    return 0
+
+
+def _compare_optax(loss_and_acc, tx, apply_updates, init_params, orders, X, y, batch_size,
+                   jopt_losses):
+    """Replays the run with optax; returns the per-step relative loss differences."""
+    import jax.numpy as jnp
+
+    step = _make_step(loss_and_acc, tx, apply_updates, lambda s: jnp.zeros([], jnp.float32))
+    params, state = init_params, tx.init(init_params)
+    losses = []
+    for order in orders:
+        for idx in _batches(order, batch_size):
+            params, state, loss, _, _ = step(params, state, X[idx], y[idx])
+            losses.append(float(loss))
+    a = np.asarray(jopt_losses, np.float64)
+    b = np.asarray(losses, np.float64)
+    with np.errstate(all="ignore"):
+        rel = np.abs(a - b) / np.maximum(np.abs(b), np.finfo(np.float32).tiny)
+    both_nan = np.isnan(a) & np.isnan(b)
+    same_inf = np.isinf(a) & (a == b)
+    rel = np.where(both_nan | same_inf, 0.0, np.where(np.isnan(rel), np.inf, rel))
+    k = int(np.argmax(rel)) if rel.shape[0] else 0
+    worst = float(rel[k]) if rel.shape[0] else 0.0
+    return {"library": "optax", "steps": int(b.shape[0]), "max_rel_loss_diff": worst,
+            "argmax_step": k + 1, "optax_loss": losses, "rel_loss_diff": rel.tolist()}
+
+
+def _jsonable(x: Any) -> Any:
+    """Non-finite floats become ``null`` so the file is strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _write_metrics(path: str, metrics: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(metrics), f, indent=1, allow_nan=False)
+        f.write("\n")
+
+
+def _plot(path: str, metrics: dict[str, Any]) -> None:
+    """Training loss and learning rate against step, two labelled panels."""
+    # Figure + the Agg canvas, never pyplot: no global backend switch, no GUI, no state kept
+    # between runs in the same process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cfg, steps = metrics["config"], metrics["steps"]
+    x = np.asarray(steps["step"], np.float64)
+    loss = np.asarray(steps["loss"], np.float64)
+    lr = np.asarray(steps["learning_rate"], np.float64)
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_loss, ax_lr = fig.subplots(1, 2)
+    ax_loss.plot(x, loss, lw=0.8, alpha=0.7, label="train loss (per step)")
+    spe = cfg["steps_per_epoch"]
+    ep = metrics["epochs"]
+    ep_x = np.asarray([e["epoch"] * spe for e in ep], np.float64)
+    ep_x = np.minimum(ep_x, x[-1] if x.shape[0] else 0.0)
+    ax_loss.plot(ep_x, [e["val_loss"] for e in ep], "o-", ms=3, label="validation loss (per epoch)")
+    best = metrics["summary"]["best_epoch"]
+    if best is not None:
+        ax_loss.axvline(min(best * spe, x[-1]), color="gray", ls="--", lw=0.8,
+                        label=f"best epoch ({best})")
+    finite = loss[np.isfinite(loss)]
+    if finite.shape[0] and np.all(finite > 0):
+        ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("cross-entropy loss")
+    ax_loss.set_title("Loss")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_lr.plot(x, lr, color="tab:green")
+    ax_lr.set_xlabel("step")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_title(f"Learning rate ({cfg['schedule']})")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    ax_lr.grid(alpha=0.3)
+    s = metrics["summary"]
+    fig.suptitle(
+        f"jopt train: {cfg['dataset']}, {cfg['optimizer']}, peak lr {cfg['learning_rate']:g}"
+        f" | stop: {s['stop_reason']} | test acc {_fmt(s['test_accuracy'], '.3f')}"
+    )
+    fig.savefig(path, dpi=110)
