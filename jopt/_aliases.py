@@ -52,6 +52,14 @@ def sgd(
       InvalidHyperparameterError: for a negative learning rate, momentum outside [0, 1], or
         ``nesterov=True`` without momentum.
 
+    Examples:
+      >>> import jax.numpy as jnp, jopt
+      >>> tx = jopt.sgd(0.1, momentum=0.9)
+      >>> state = tx.init({"w": jnp.zeros(2)})
+      >>> updates, state = tx.update({"w": jnp.ones(2)}, state)
+      >>> updates["w"].tolist()
+      [-0.10000000149011612, -0.10000000149011612]
+
     References:
       Robbins & Monro, "A Stochastic Approximation Method", 1951. Sutskever et al., `On the
       importance of initialization and momentum in deep learning
@@ -100,6 +108,12 @@ def adam(
 
     Raises:
       InvalidHyperparameterError: for out-of-range hyperparameters.
+
+    Examples:
+      >>> import jopt
+      >>> tx = jopt.adam(jopt.cosine_decay(1e-3, decay_steps=1000))
+      >>> tx
+      adam(learning_rate=cosine_decay(init_value=0.001, decay_steps=1000, alpha=0, exponent=1), b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0)
 
     References:
       Kingma & Ba, `Adam: A Method for Stochastic Optimization
@@ -160,6 +174,18 @@ def adamw(
 
     Raises:
       InvalidHyperparameterError: for out-of-range hyperparameters.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jopt
+      >>> tx = jopt.adamw(learning_rate=0.1, weight_decay=0.01)
+      >>> params = {"x": jnp.asarray([1.0, -2.0])}
+      >>> state = tx.init(params)
+      >>> loss = lambda p: jnp.sum(p["x"] ** 2)
+      >>> for _ in range(100):
+      ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
+      ...     params = jopt.apply_updates(params, updates)
+      >>> bool(loss(params) < 1e-2)
+      True
 
     References:
       Loshchilov & Hutter, `Decoupled Weight Decay Regularization

@@ -59,6 +59,14 @@ def chain(*transformations: Any) -> GradientTransformation:
     ``init``/``update`` (optax's included; optax transformations that do not take extra
     arguments are called without them).
 
+    Examples:
+      >>> import jax.numpy as jnp, jopt
+      >>> tx = jopt.chain(jopt.clip_by_global_norm(1.0), jopt.sgd(0.5))
+      >>> state = tx.init({"w": jnp.zeros(2)})
+      >>> updates, state = tx.update({"w": jnp.asarray([3.0, 4.0])}, state)
+      >>> updates["w"].tolist()  # clipped to norm 1, then scaled by -0.5
+      [-0.30000001192092896, -0.4000000059604645]
+
     Args:
       *transformations: the links, in order.
 

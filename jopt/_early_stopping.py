@@ -277,6 +277,17 @@ def early_stopping(
       InvalidHyperparameterError: for an unknown ``mode`` or ``min_delta_mode``, a negative
         ``min_delta`` or ``patience``, or a non-integer ``patience``.
 
+    Examples:
+      >>> import jopt
+      >>> stopper = jopt.early_stopping(mode="min", patience=2)
+      >>> state = stopper.init()
+      >>> for loss in [1.0, 0.8, 0.85, 0.9, 0.7]:
+      ...     state = stopper.update(state, loss)
+      ...     if jopt.should_stop(state):
+      ...         break
+      >>> jopt.stop_reason(state), float(state.best_value), int(state.best_step)
+      ('patience exhausted', 0.800000011920929, 1)
+
     References:
       Prechelt, `Early Stopping - But When? <https://doi.org/10.1007/3-540-49430-8_3>`_,
       1998. Semantics of ``patience``/``min_delta``/``mode`` follow Keras's ``EarlyStopping``

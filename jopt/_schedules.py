@@ -293,6 +293,12 @@ def warmup_cosine_decay(
     Warm-up from Goyal et al. 2017 (https://arxiv.org/abs/1706.02677); cosine from Loshchilov &
     Hutter 2017 (https://arxiv.org/abs/1608.03983).
 
+    Examples:
+      >>> import jopt
+      >>> s = jopt.warmup_cosine_decay(0.0, 1.0, warmup_steps=10, decay_steps=110)
+      >>> [round(float(s(t)), 4) for t in (0, 5, 10, 60, 110, 500)]
+      [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+
     Args:
       init_value: value at step 0.
       peak_value: value at the end of warm-up.

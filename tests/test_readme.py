@@ -1,0 +1,26 @@
+"""The README's example runs as written and prints what its comment says."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+README = pathlib.Path(__file__).parent.parent / "README.md"
+
+
+def test_readme_example_runs():
+    text = README.read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) <= 16
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    loss, lr = (float(x) for x in out.stdout.split())
+    assert loss < 1e-3 and abs(lr - 5.4e-3) < 1e-4
+
+
+def test_readme_test_command_is_what_ci_runs():
+    text = README.read_text()
+    commands = [line for line in text.splitlines() if "pytest" in line and line.startswith("python3")]
+    assert len(commands) == 1
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert commands[0] in ci.splitlines()
