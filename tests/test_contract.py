@@ -364,3 +364,20 @@ def test_apply_updates_keeps_param_dtype():
     new = jopt.apply_updates(params, updates)
     assert new["a"].dtype == jnp.bfloat16 and new["b"].dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(new["b"]), 1.0 + np.float32(np.asarray(updates["b"][0], np.float32)), rtol=1e-7)
+
+
+def test_counters_saturate_instead_of_wrapping():
+    int_max = np.iinfo(np.int32).max
+    tx = jopt.chain(jopt.adamw(jopt.cosine_decay(1e-2, 100), weight_decay=1e-2))
+    params = make_params()
+    state = tx.init(params)
+    state = jax.tree_util.tree_map(
+        lambda x: jnp.full_like(x, int_max - 1) if x.dtype == jnp.int32 else x, state)
+    step = jax.jit(tx.update)
+    for _ in range(3):
+        u, state = step(_grads(params), state, params)
+        for leaf in jax.tree_util.tree_leaves(u):
+            assert bool(jnp.all(jnp.isfinite(leaf)))
+    counts = [x for x in jax.tree_util.tree_leaves(state) if x.dtype == jnp.int32]
+    assert counts and all(int(c) == int_max for c in counts)
+    assert int(jopt.safe_increment(jnp.int32(int_max))) == int_max
