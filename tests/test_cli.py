@@ -1,0 +1,250 @@
+"""Tests of the ``jopt train`` console program (jopt/_cli.py).
+
+Runs call ``main([...])`` in-process (one compile cache, fast) with ``--out`` under
+``tmp_path``; one test runs ``python -m jopt`` in a subprocess.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flax")
+pytest.importorskip("sklearn")
+pytest.importorskip("tqdm")
+pytest.importorskip("matplotlib")
+
+import jopt  # noqa: E402
+from jopt._cli import main  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _strict_json(path):
+    """Loads a JSON file, failing on NaN/Infinity (which are not JSON)."""
+    def reject(token):
+        raise AssertionError(f"{path} contains {token}, which is not strict JSON")
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f, parse_constant=reject)
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "expected an error message on stderr"
+    return err[-1]
+
+
+def test_help_runs_as_module():
+    r = subprocess.run([sys.executable, "-m", "jopt", "train", "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for opt in ("--dataset", "--data", "--optimizer", "--learning-rate", "--schedule",
+                "--warmup-steps", "--weight-decay", "--clip-norm", "--batch-size", "--epochs",
+                "--patience", "--min-delta", "--seed", "--out", "--compare"):
+        assert opt in r.stdout
+
+
+def test_end_to_end_digits_few_epochs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "3", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    stdout = captured.out
+    # One validation line per epoch, then the summary and the folder.
+    epoch_lines = [ln for ln in stdout.splitlines() if ln.startswith("epoch ")]
+    assert len(epoch_lines) == 3
+    for word in ("train_loss", "val_loss", "val_acc", "lr"):
+        assert word in epoch_lines[0]
+    for word in ("epochs run:", "stop reason:", "max epochs reached", "best epoch:",
+                 "test accuracy:", "wall time:"):
+        assert word in stdout
+    assert str(out) in stdout
+    # tqdm progress bar with loss and accuracy in its postfix.
+    assert "loss=" in captured.err and "acc=" in captured.err
+
+    metrics = _strict_json(out / "metrics.json")
+    assert set(metrics) >= {"config", "steps", "epochs", "summary"}
+    cfg = metrics["config"]
+    assert cfg["optimizer"] == "adamw" and cfg["schedule"] == "warmup_cosine"
+    n_steps = 3 * cfg["steps_per_epoch"]
+    steps = metrics["steps"]
+    assert len(steps["loss"]) == len(steps["learning_rate"]) == n_steps
+    assert len(metrics["epochs"]) == 3
+    assert set(metrics["epochs"][0]) >= {"epoch", "train_loss", "val_loss", "val_accuracy",
+                                         "learning_rate"}
+    summary = metrics["summary"]
+    assert set(summary) >= {"epochs_run", "stop_reason", "best_epoch", "test_accuracy",
+                            "wall_time_s"}
+    assert summary["epochs_run"] == 3 and summary["stop_reason"] == "max epochs reached"
+    # The logged learning rate is the one each update used: the schedule at steps 0, 1, ...
+    sched = jopt.warmup_cosine_decay(0.0, cfg["learning_rate"], cfg["warmup_steps"],
+                                     cfg["total_steps"])
+    expected = [float(sched(np.int32(k))) for k in range(n_steps)]
+    np.testing.assert_allclose(steps["learning_rate"], expected, rtol=1e-6, atol=1e-12)
+    assert steps["loss"][-1] < steps["loss"][0]
+
+    png = (out / "curves.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+
+
+def test_default_configuration_reaches_95_percent(tmp_path, capsys):
+    out = tmp_path / "default"
+    assert main(["train", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    summary = _strict_json(out / "metrics.json")["summary"]
+    assert summary["test_accuracy"] >= 0.95, stdout
+    assert summary["stop_reason"] in ("patience exhausted", "max epochs reached")
+    assert summary["best_epoch"] is not None and summary["best_epoch"] <= summary["epochs_run"]
+
+
+def test_default_output_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--dataset", "wine", "--epochs", "1"]) == 0
+    runs = list((tmp_path / "jopt-runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("train-")
+    assert str(runs[0]) in capsys.readouterr().out
+    assert (runs[0] / "metrics.json").exists() and (runs[0] / "curves.png").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="jopt core: scale_by_adam computes 1 - b1 and 1 - b2 in float32 from the "
+           "float32-rounded b1/b2 (1 - f32(0.999) is 1.3e-5 off 0.001), optax/PyTorch use "
+           "the double-precision complement; the per-step losses drift apart by ~3e-3 within "
+           "4 epochs. Remove this marker when the core is fixed.",
+)
+def test_compare_optax_default_config_agrees(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["train", "--epochs", "4", "--compare", "optax", "--out", str(out)]) == 0
+    cmp = _strict_json(out / "metrics.json")["compare"]
+    assert cmp["steps"] == len(cmp["rel_loss_diff"]) > 0
+    assert cmp["max_rel_loss_diff"] <= 1e-5, cmp["max_rel_loss_diff"]
+
+
+def test_compare_optax_sgd_agrees(tmp_path, capsys):
+    # SGD with momentum has no (1 - beta) coefficients, so it isolates the replay itself
+    # (same initial parameters, batch order, step count, clipping and schedule).
+    out = tmp_path / "cmp_sgd"
+    assert main(["train", "--optimizer", "sgd", "--learning-rate", "0.05", "--epochs", "4",
+                 "--compare", "optax", "--out", str(out)]) == 0
+    assert "optax compare" in capsys.readouterr().out
+    metrics = _strict_json(out / "metrics.json")
+    cmp = metrics["compare"]
+    assert cmp["library"] == "optax"
+    assert cmp["steps"] == len(metrics["steps"]["loss"]) == 4 * metrics["config"]["steps_per_epoch"]
+    assert cmp["max_rel_loss_diff"] <= 1e-5, cmp["max_rel_loss_diff"]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "exponential"])
+def test_schedules_match_optax(schedule, tmp_path, capsys):
+    # Each named schedule is built from jopt.schedules and from optax's equivalents; the
+    # replay agrees step by step only if the two learning-rate curves do.
+    out = tmp_path / schedule
+    assert main(["train", "--optimizer", "sgd", "--learning-rate", "0.05", "--schedule",
+                 schedule, "--warmup-steps", "10", "--epochs", "2", "--compare", "optax",
+                 "--out", str(out)]) == 0
+    metrics = _strict_json(out / "metrics.json")
+    lr = metrics["steps"]["learning_rate"]
+    assert lr[0] == 0.0 and max(lr) == pytest.approx(0.05)
+    assert metrics["compare"]["max_rel_loss_diff"] <= 1e-5
+
+
+def test_diverging_run_stops_on_non_finite_metric(tmp_path, capsys):
+    out = tmp_path / "diverge"
+    assert main(["train", "--learning-rate", "1e4", "--epochs", "5", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "stop reason:    non-finite metric" in stdout
+    assert "test accuracy:" in stdout and "wall time:" in stdout
+    metrics = _strict_json(out / "metrics.json")  # NaN losses are stored as null
+    assert metrics["summary"]["stop_reason"] == "non-finite metric"
+    assert (out / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize("option, value, names", [
+    ("--optimizer", "lion", ("adamw", "adam", "sgd")),
+    ("--schedule", "cyclic", ("warmup_cosine", "constant", "linear", "exponential")),
+])
+def test_unknown_choice_lists_valid_names(option, value, names, capsys):
+    assert main(["train", option, value]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("jopt train: error:") and "invalid choice" in line
+    for name in names:
+        assert name in line
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_file", "data file not found"),
+    ("missing_y", "lacks array(s) y"),
+    ("length_mismatch", "different lengths: 30 samples, 29 labels"),
+    ("strings", "X in {path} must be numeric"),
+    ("object_array", "not numeric (object arrays are never unpickled)"),
+    ("X_3d", "must be 2-D (samples x features); got shape (30, 2, 2)"),
+    ("y_2d", "y in {path} must be 1-D"),
+    ("float_labels", "must hold integer class labels"),
+    ("not_npz", "cannot read"),
+])
+def test_bad_data_file(case, message, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 4)), np.arange(30) % 3
+    p = tmp_path / "data.npz"
+    if case == "missing_file":
+        path = str(tmp_path / "nope.npz")
+    elif case == "missing_y":
+        path = _npz(p, X=X)
+    elif case == "length_mismatch":
+        path = _npz(p, X=X, y=y[:-1])
+    elif case == "strings":
+        path = _npz(p, X=X.astype(str), y=y)
+    elif case == "object_array":
+        path = _npz(p, X=np.array([[1.0, "a"]] * 30, dtype=object), y=y)
+    elif case == "X_3d":
+        path = _npz(p, X=X.reshape(30, 2, 2), y=y)
+    elif case == "y_2d":
+        path = _npz(p, X=X, y=y.reshape(30, 1) * np.ones((1, 2), int))
+    elif case == "float_labels":
+        path = _npz(p, X=X, y=y + 0.5)
+    else:
+        p.write_text("X,y\n1,2\n")
+        path = str(p)
+    out = tmp_path / "out"
+    assert main(["train", "--data", path, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err  # one line, no traceback
+    assert lines[0].startswith("jopt train: error: ")
+    assert message.format(path=path) in lines[0]
+    assert not out.exists()  # nothing is written for bad input
+
+
+def test_good_npz_file_trains(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.array([3, 7]), 40)  # labels need not be 0..k-1
+    X = rng.normal(size=(80, 5)) + y[:, None].astype(np.float64)
+    path = _npz(tmp_path / "ok.npz", X=X.astype(np.float32), y=y)
+    assert main(["train", "--data", path, "--epochs", "2", "--out", str(tmp_path / "o")]) == 0
+    data = _strict_json(tmp_path / "o" / "metrics.json")["data"]
+    assert data["n_classes"] == 2 and data["n_features"] == 5
+
+
+def test_missing_optional_dependency(monkeypatch, tmp_path, capsys):
+    # None in sys.modules makes `import tqdm` raise ImportError, as if it were not installed.
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    assert main(["train", "--out", str(tmp_path / "o")]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("jopt train: error:")
+    assert 'pip install "jopt[examples]"' in line
+
+
+def test_bad_numbers_are_usage_errors(tmp_path, capsys):
+    assert main(["train", "--batch-size", "0"]) == 2
+    assert "--batch-size" in _error_line(capsys)
+    assert main(["train", "--warmup-steps", "100000", "--epochs", "1",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--warmup-steps" in _error_line(capsys)
