@@ -14,6 +14,7 @@ from jopt._base import GradientTransformation
 from jopt._chain import chain
 from jopt._scale import scale_by_adam, scale_by_learning_rate, trace
 from jopt._weight_decay import add_decayed_weights
+from jopt._validate import check_dtype_option
 from jopt.errors import InvalidHyperparameterError
 
 
@@ -75,7 +76,8 @@ def sgd(
     if nesterov:
         config["nesterov"] = True
     if accumulator_dtype is not None:
-        config["accumulator_dtype"] = accumulator_dtype
+        config["accumulator_dtype"] = check_dtype_option("sgd", "accumulator_dtype",
+                                                         accumulator_dtype)
     return _named(chain(*links), "sgd", config)
 
 
@@ -119,6 +121,7 @@ def adam(
       Kingma & Ba, `Adam: A Method for Stochastic Optimization
       <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
     """
+    name = "adam"
     tx = chain(
         scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov, mu_dtype=mu_dtype,
                       nu_dtype=nu_dtype),
@@ -129,9 +132,9 @@ def adam(
     if nesterov:
         config["nesterov"] = True
     if mu_dtype is not None:
-        config["mu_dtype"] = mu_dtype
+        config["mu_dtype"] = check_dtype_option(name, "mu_dtype", mu_dtype)
     if nu_dtype is not None:
-        config["nu_dtype"] = nu_dtype
+        config["nu_dtype"] = check_dtype_option(name, "nu_dtype", nu_dtype)
     return _named(tx, "adam", config)
 
 
@@ -191,6 +194,7 @@ def adamw(
       Loshchilov & Hutter, `Decoupled Weight Decay Regularization
       <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
     """
+    name = "adamw"
     tx = chain(
         scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov, mu_dtype=mu_dtype,
                       nu_dtype=nu_dtype),
@@ -204,7 +208,7 @@ def adamw(
     if nesterov:
         config["nesterov"] = True
     if mu_dtype is not None:
-        config["mu_dtype"] = mu_dtype
+        config["mu_dtype"] = check_dtype_option(name, "mu_dtype", mu_dtype)
     if nu_dtype is not None:
-        config["nu_dtype"] = nu_dtype
+        config["nu_dtype"] = check_dtype_option(name, "nu_dtype", nu_dtype)
     return _named(tx, "adamw", config)

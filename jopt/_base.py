@@ -65,8 +65,18 @@ class _TransformationFields(NamedTuple):
 
 def _config_key(value: Any) -> Any:
     """A hashable, comparable stand-in for a configuration value."""
+    if isinstance(value, jax.core.Tracer):
+        return ("id", id(value))
     if isinstance(value, GradientTransformation):
         return ("tx", value._key())
+    if isinstance(value, (bool, np.bool_)):
+        return ("bool", bool(value))
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return ("num", float(value))
+    if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0 and (
+        jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)
+    ):
+        return ("num", float(np.asarray(value)))
     if isinstance(value, (list, tuple)):
         return (type(value).__name__, tuple(_config_key(v) for v in value))
     if isinstance(value, dict):
@@ -90,6 +100,8 @@ def _config_key(value: Any) -> Any:
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, jax.core.Tracer):
+        return "<traced>"
     if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0:
         return repr(np.asarray(value).item())
     if isinstance(value, (np.dtype, type)) and value is not None:
@@ -102,6 +114,21 @@ def _format_value(value: Any) -> str:
     ):
         return value.__name__
     return repr(value)
+
+
+def _placing_init(init: TransformInitFn) -> TransformInitFn:
+    """``init`` followed by :func:`jopt._tree.place_like` (state scalars on the params' mesh)."""
+    if getattr(init, "_jopt_places", False):
+        return init
+
+    def placed_init(params):
+        from jopt._tree import place_like
+
+        return place_like(params, init(params))
+
+    placed_init._jopt_places = True
+    placed_init.__wrapped__ = init
+    return placed_init
 
 
 class GradientTransformation(_TransformationFields):
@@ -133,6 +160,8 @@ class GradientTransformation(_TransformationFields):
         name: str | None = None,
         config: dict[str, Any] | None = None,
     ):
+        if name is not None:
+            init = _placing_init(init)
         self = super().__new__(cls, init, update)
         self._name = name
         self._config = dict(config) if config is not None else None

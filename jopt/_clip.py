@@ -51,7 +51,7 @@ def clip(max_delta: float) -> GradientTransformation:
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _tree.check_state_type(name, state, ClipState)
-        _tree.check_updates(name, updates, None, params)
+        updates, params = _tree.check_updates(name, updates, None, params)
         m = state.hyperparams["max_delta"]
 
         def one(u):
@@ -118,8 +118,12 @@ def clip_by_global_norm(max_norm: float, axis_name: Any = None) -> GradientTrans
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _tree.check_state_type(name, state, ClipByGlobalNormState)
-        _tree.check_updates(name, updates, None, params)
-        norm = jnp.sqrt(_tree.global_norm_sq(updates, axis_name))
+        updates, params = _tree.check_updates(name, updates, None, params)
+        sq = _tree.global_norm_sq(updates, axis_name)
+        # sqrt has an infinite derivative at 0: take it of a safe value so that
+        # differentiating through the update at zero gradients stays finite.
+        positive = sq > 0
+        norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
         m = state.hyperparams["max_norm"].astype(norm.dtype)
         over = norm > m
         factor = jnp.where(over, m / jnp.where(over, norm, 1), 1).astype(norm.dtype)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jopt._base import safe_increment
-from jopt._tree import check_match
+from jopt._tree import check_match, place_like
 from jopt._validate import as_state_scalar, check_dtype_option, check_real
 from jopt.errors import InvalidHyperparameterError, InvalidMetricError, TreeMismatchError
 
@@ -133,7 +133,7 @@ class EarlyStopping:
                 lambda p: jnp.asarray(p).astype(self.best_dtype or jnp.asarray(p).dtype), params
             )
         inf = jnp.inf if self.mode == "min" else -jnp.inf
-        return EarlyStoppingState(
+        state = EarlyStoppingState(
             step=jnp.zeros([], jnp.int32),
             best_value=jnp.asarray(inf, jnp.float32),
             best_step=jnp.asarray(-1, jnp.int32),
@@ -145,6 +145,7 @@ class EarlyStopping:
             },
             best_params=best,
         )
+        return place_like(params, state) if params is not None else state
 
     def update(self, state: EarlyStoppingState, metric: Any, params: Any = None) -> EarlyStoppingState:
         """One decision from one metric value.
@@ -199,7 +200,7 @@ class EarlyStopping:
         else:
             beats = m > best + delta
         improved = finite & (~has_best | beats)
-        wait = jnp.where(improved, 0, state.wait + 1)
+        wait = jnp.where(improved, 0, safe_increment(state.wait))
         status = jnp.where(
             ~finite,
             int(Status.STOPPED_NON_FINITE),

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt._schedules import CallableSchedule, Schedule, evaluate
+from jopt._schedules import CallableSchedule, OneMinus, Schedule, evaluate
 from jopt._validate import check_real
 from jopt.errors import InvalidHyperparameterError
 
@@ -158,7 +158,9 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
         hp = dict(node.hyperparams)
         for name, new in per_holder[p].items():
             old = hp[name]
-            if isinstance(new, Schedule):
+            if isinstance(old, OneMinus) and not isinstance(new, Schedule) and not callable(new):
+                hp[name] = OneMinus.of(new)
+            elif isinstance(new, Schedule):
                 hp[name] = new
             elif callable(new):
                 hp[name] = CallableSchedule(new)

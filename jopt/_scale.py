@@ -16,7 +16,7 @@ import numpy as np
 
 from jopt import _tree
 from jopt._base import GradientTransformation, safe_increment, zero_count
-from jopt._schedules import as_schedule_or_scalar, evaluate
+from jopt._schedules import OneMinus, as_schedule_or_scalar, evaluate
 from jopt._validate import as_state_scalar, check_dtype_option, check_real
 from jopt.errors import InvalidHyperparameterError
 
@@ -58,7 +58,7 @@ def scale(step_size: float) -> GradientTransformation:
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _tree.check_state_type(name, state, ScaleState)
-        _tree.check_updates(name, updates, None, params)
+        updates, params = _tree.check_updates(name, updates, None, params)
         s = state.hyperparams["step_size"]
         updates = jax.tree_util.tree_map(lambda u: _scaled(u, s), updates)
         return updates, state
@@ -115,7 +115,7 @@ def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> Gra
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _tree.check_state_type(name, state, ScaleByLearningRateState)
-        _tree.check_updates(name, updates, None, params)
+        updates, params = _tree.check_updates(name, updates, None, params)
         lr = evaluate(state.hyperparams["learning_rate"], state.count)
         factor = jnp.asarray(lr) * sign
         updates = jax.tree_util.tree_map(lambda u: _scaled(u, factor), updates)
@@ -125,6 +125,26 @@ def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> Gra
     if not flip_sign:
         config["flip_sign"] = False
     return GradientTransformation(init_fn, update_fn, name=name, config=config)
+
+
+def _one_minus_power(c: jax.Array, t: jax.Array) -> jax.Array:
+    """``1 - (1 - c)**t`` without cancellation: ``-expm1(t * log1p(-c))``.
+
+    ``c = 1`` (``b = 0``) gives exactly 1 and finite gradients (the log is only taken of a
+    safe value), which matters when differentiating through the update with respect to ``b``.
+    """
+    full = c >= 1.0
+    safe = jnp.where(full, 0.5, c)
+    t = t.astype(c.dtype)
+    return jnp.where(full, jnp.ones_like(c), -jnp.expm1(t * jnp.log1p(-safe)))
+
+
+def _complement(value: Any) -> jax.Array:
+    """``1 - b`` for a hyperparameter stored as :class:`OneMinus` (or, if replaced by a plain
+    number or schedule, computed from it)."""
+    if isinstance(value, OneMinus):
+        return jnp.asarray(value.complement)
+    return 1.0 - jnp.asarray(evaluate(value, 0))
 
 
 class ScaleByAdamState(NamedTuple):
@@ -137,7 +157,10 @@ class ScaleByAdamState(NamedTuple):
       nu: second moment of ``|g|``, same tree and shapes as the parameters, real dtype
         ``nu_dtype`` (default: the real part of the parameter's dtype promoted to at least
         float32).
-      hyperparams: ``{"b1", "b2", "eps", "eps_root"}`` as float32 scalars.
+      hyperparams: ``{"b1", "b2", "eps", "eps_root"}``; ``eps`` and ``eps_root`` are float32
+        scalars, ``b1`` and ``b2`` are :class:`jopt.schedules.OneMinus` pytrees holding the
+        float32 complement ``1 - b`` (rounded once from the double-precision value, so
+        ``1 - b2`` is 0.001 to float32 precision, not ``1 - float32(0.999)``).
     """
 
     count: jax.Array
@@ -147,13 +170,15 @@ class ScaleByAdamState(NamedTuple):
 
 
 def _moment_dtype(param_dtype, option, real=False):
-    dtype = option if option is not None else _tree.compute_dtype(param_dtype)
+    dtype = np.dtype(option) if option is not None else _tree.compute_dtype(param_dtype)
     if real:
         dtype = _tree.real_dtype(dtype)
     elif jnp.issubdtype(param_dtype, jnp.complexfloating) and not jnp.issubdtype(
         dtype, jnp.complexfloating
     ):
-        dtype = jnp.result_type(dtype, jnp.complex64)
+        # A complex parameter's first moment is complex: the narrowest complex type that
+        # holds the requested real precision.
+        dtype = np.dtype(np.complex128 if dtype == np.float64 else np.complex64)
     return dtype
 
 
@@ -219,15 +244,18 @@ def scale_by_adam(
         raise InvalidHyperparameterError(name, "nesterov", nesterov, "a bool")
     mu_dt = check_dtype_option(name, "mu_dtype", mu_dtype)
     nu_dt = check_dtype_option(name, "nu_dtype", nu_dtype)
-    hp0 = {k: as_state_scalar(v) for k, v in
-           {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}.items()}
+    # b1 and b2 are kept as their complements (see OneMinus): 1 - b is what the moment
+    # updates and the bias corrections need, and float32 holds 0.001 far better than 0.999.
+    hp0 = {"b1": OneMinus.of(b1), "b2": OneMinus.of(b2), "eps": as_state_scalar(eps),
+           "eps_root": as_state_scalar(eps_root)}
 
     def init_fn(params):
         mu = jax.tree_util.tree_map(
-            lambda p: jnp.zeros_like(p, dtype=_moment_dtype(p.dtype, mu_dt)), params
+            lambda p: jnp.zeros_like(p, dtype=_moment_dtype(_tree.dtype_of(p), mu_dt)), params
         )
         nu = jax.tree_util.tree_map(
-            lambda p: jnp.zeros_like(p, dtype=_moment_dtype(p.dtype, nu_dt or mu_dt, real=True)),
+            lambda p: jnp.zeros_like(
+                p, dtype=_moment_dtype(_tree.dtype_of(p), nu_dt or mu_dt, real=True)),
             params,
         )
         return ScaleByAdamState(count=zero_count(), mu=mu, nu=nu, hyperparams=dict(hp0))
@@ -235,14 +263,15 @@ def scale_by_adam(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _tree.check_state_type(name, state, ScaleByAdamState)
-        _tree.check_updates(name, updates, state.mu, params)
+        updates, params = _tree.check_updates(name, updates, state.mu, params)
         hp = state.hyperparams
         count = safe_increment(state.count)
         t = count.astype(jnp.float32)
-        b1_, b2_ = hp["b1"], hp["b2"]
-        bc1 = 1.0 - b1_**t
-        bc2 = 1.0 - b2_**t
-        bc1_next = 1.0 - b1_ ** (t + 1.0)
+        c1, c2 = _complement(hp["b1"]), _complement(hp["b2"])
+        b1_, b2_ = 1.0 - c1, 1.0 - c2
+        bc1 = _one_minus_power(c1, t)
+        bc2 = _one_minus_power(c2, t)
+        bc1_next = _one_minus_power(c1, t + 1.0)
 
         def one(g, m, v):
             ct = _tree.compute_dtype(g.dtype)
@@ -254,14 +283,17 @@ def scale_by_adam(
                 return _tree.cast_scalar(x, rt)
 
             g_ = g.astype(ct)
-            m_new = cc(b1_) * m.astype(ct) + cc(1.0 - b1_) * g_
-            v_new = cr(b2_) * v.astype(rt) + cr(1.0 - b2_) * _tree.abs_sq(g_)
+            m_new = cc(b1_) * m.astype(ct) + cc(c1) * g_
+            v_new = cr(b2_) * v.astype(rt) + cr(c2) * _tree.abs_sq(g_)
             if nesterov:
-                m_hat = cc(b1_ / bc1_next) * m_new + cc((1.0 - b1_) / bc1) * g_
+                m_hat = cc(b1_ / bc1_next) * m_new + cc(c1 / bc1) * g_
             else:
                 m_hat = m_new * cc(1.0 / bc1)
             v_hat = v_new * cr(1.0 / bc2)
             denom = jnp.sqrt(v_hat + cr(hp["eps_root"])) + cr(hp["eps"])
+            # With eps = 0 (allowed) a zero second moment means a zero first moment: keep the
+            # documented 0 instead of 0/0 by flooring the denominator at the smallest normal.
+            denom = jnp.maximum(denom, jnp.finfo(rt).tiny)
             u = m_hat / denom.astype(ct)
             return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
@@ -336,14 +368,14 @@ def trace(
 
     def init_fn(params):
         tr = jax.tree_util.tree_map(
-            lambda p: jnp.zeros_like(p, dtype=_moment_dtype(p.dtype, acc_dt)), params
+            lambda p: jnp.zeros_like(p, dtype=_moment_dtype(_tree.dtype_of(p), acc_dt)), params
         )
         return TraceState(trace=tr, hyperparams={"decay": d0})
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _tree.check_state_type(name, state, TraceState)
-        _tree.check_updates(name, updates, state.trace, params)
+        updates, params = _tree.check_updates(name, updates, state.trace, params)
         d = state.hyperparams["decay"]
 
         def one(g, b):

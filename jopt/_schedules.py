@@ -39,8 +39,20 @@ def _fmt_num(x: Any) -> str:
     return f"{x:.7g}" if isinstance(x, float) else repr(x)
 
 
-def _count_f32(count: Any) -> jax.Array:
-    return jnp.asarray(count).astype(jnp.float32)
+def _count_f32(count: Any, like: Any = None) -> jax.Array:
+    """The step count as a float of the schedule's dtype (float32 unless given wider)."""
+    dtype = jnp.asarray(like).dtype if like is not None else jnp.float32
+    return jnp.asarray(count).astype(dtype)
+
+
+def _fmt_leaf(v: Any) -> str:
+    if isinstance(v, jax.core.Tracer):
+        return "<traced>"
+    if isinstance(v, (jax.Array, np.ndarray)):
+        a = np.asarray(v)
+        return _fmt_num(a.item()) if a.ndim == 0 else "[" + ", ".join(
+            _fmt_num(x) for x in a.reshape(-1).tolist()) + "]"
+    return repr(v)
 
 
 class Schedule:
@@ -82,15 +94,22 @@ class Schedule:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        def fmt(v):
-            if isinstance(v, (jax.Array, np.ndarray)) and not isinstance(v, jax.core.Tracer):
-                a = np.asarray(v)
-                return _fmt_num(a.item()) if a.ndim == 0 else "[" + ", ".join(
-                    _fmt_num(x) for x in a.reshape(-1).tolist()) + "]"
-            return repr(v)
-
-        args = ", ".join(f"{f}={fmt(getattr(self, f))}" for f in self._leaves + self._static)
+        args = ", ".join(f"{f}={_fmt_leaf(getattr(self, f))}" for f in self._leaves + self._static)
         return f"{self._name}({args})"
+
+    def _key(self):
+        from jopt._base import _config_key
+
+        leaves, treedef = jax.tree_util.tree_flatten(self)
+        return (str(treedef), tuple(_config_key(x) for x in leaves))
+
+    def __eq__(self, other):
+        if type(self) is not type(other):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
 
 
 class CallableSchedule(Schedule):
@@ -134,6 +153,48 @@ def evaluate(value: Any, count: Any) -> jax.Array:
     return value
 
 
+class OneMinus(Schedule):
+    """A constant close to 1 (Adam's ``b1``, ``b2``), stored as its complement ``1 - value``.
+
+    float32 cannot hold 0.999 exactly, and ``1 - float32(0.999)`` is 1.3e-5 off 0.001; the
+    small complement is what the moment updates and bias corrections use, so jopt stores that
+    (rounded once, from the double-precision value) and derives the value from it. Reading the
+    hyperparameter (:func:`jopt.get_hyperparams`) gives ``1 - complement``.
+    """
+
+    _leaves = ("complement",)
+    _name = "one_minus"
+
+    def __call__(self, count):
+        del count
+        return 1.0 - self.complement
+
+    @classmethod
+    def of(cls, value: Any) -> "OneMinus":
+        """``OneMinus`` for ``value``: the complement is computed in double precision when
+        ``value`` is concrete, else (a traced value) in the value's own precision."""
+        if isinstance(value, OneMinus):
+            return value
+        if isinstance(value, jax.core.Tracer):
+            v = jnp.asarray(value)
+            dtype = v.dtype if jnp.issubdtype(v.dtype, jnp.floating) and v.dtype.itemsize >= 4 \
+                else jnp.float32
+            comp = 1.0 - v.astype(dtype)
+        else:
+            wide = np.dtype(getattr(value, "dtype", np.float32)) == np.float64
+            arr = 1.0 - np.asarray(value, dtype=np.float64)
+            # Rounded once from double precision; kept in float64 if given as float64.
+            comp = as_state_scalar(arr.astype(np.float64 if wide else np.float32))
+        return _make(cls, complement=comp)
+
+    def __repr__(self):
+        c = self.complement
+        if isinstance(c, jax.core.Tracer):
+            return "one_minus(<traced>)"
+        return (f"one_minus({_fmt_num(float(1.0 - np.asarray(c, np.float64)))})"
+                if np.ndim(c) == 0 else f"one_minus(complement={np.asarray(c).tolist()})")
+
+
 class Constant(Schedule):
     _leaves = ("value",)
     _name = "constant"
@@ -157,6 +218,15 @@ def constant(value: float) -> Schedule:
 
 
 def _make(cls, **fields):
+    # All floating leaves share one dtype (float32, or float64 if any was given as float64
+    # with x64 enabled), so evaluation is clean under strict dtype promotion.
+    floats = [v for v in fields.values()
+              if isinstance(v, jax.Array) and jnp.issubdtype(v.dtype, jnp.floating)]
+    if floats:
+        wide = max((np.dtype(v.dtype) for v in floats), key=lambda d: d.itemsize)
+        fields = {k: (v.astype(wide) if isinstance(v, jax.Array)
+                      and jnp.issubdtype(v.dtype, jnp.floating) else v)
+                  for k, v in fields.items()}
     obj = object.__new__(cls)
     for k, v in fields.items():
         object.__setattr__(obj, k, v)
@@ -168,8 +238,12 @@ class Linear(Schedule):
     _name = "linear"
 
     def __call__(self, count):
-        t = _count_f32(count)
-        frac = jnp.clip((t - self.transition_begin) / self.transition_steps, 0.0, 1.0)
+        t = _count_f32(count, self.init_value)
+        steps = self.transition_steps
+        # Values are only checked when concrete; a traced zero length must not give 0/0.
+        safe = jnp.where(steps > 0, steps, 1.0)
+        frac = jnp.where(steps > 0, jnp.clip((t - self.transition_begin) / safe, 0.0, 1.0),
+                         (t >= self.transition_begin).astype(t.dtype))
         return self.init_value + (self.end_value - self.init_value) * frac
 
 
@@ -207,8 +281,9 @@ def linear(
 
 
 def _cosine_factor(t, steps, exponent):
-    frac = jnp.minimum(t, steps) / steps
-    c = 0.5 * (1.0 + jnp.cos(jnp.float32(math.pi) * frac))
+    safe = jnp.where(steps > 0, steps, 1.0)
+    frac = jnp.where(steps > 0, jnp.clip(t, 0.0, safe) / safe, 1.0)
+    c = 0.5 * (1.0 + jnp.cos(jnp.asarray(math.pi, t.dtype) * frac))
     return c**exponent
 
 
@@ -217,7 +292,7 @@ class CosineDecay(Schedule):
     _name = "cosine_decay"
 
     def __call__(self, count):
-        t = _count_f32(count)
+        t = _count_f32(count, self.init_value)
         c = _cosine_factor(t, self.decay_steps, self.exponent)
         return self.init_value * ((1.0 - self.alpha) * c + self.alpha)
 
@@ -263,7 +338,7 @@ class WarmupCosineDecay(Schedule):
     _name = "warmup_cosine_decay"
 
     def __call__(self, count):
-        t = _count_f32(count)
+        t = _count_f32(count, self.init_value)
         safe_warmup = jnp.maximum(self.warmup_steps, 1.0)
         warm = self.init_value + (self.peak_value - self.init_value) * (t / safe_warmup)
         c = _cosine_factor(t - self.warmup_steps, self.decay_steps - self.warmup_steps, self.exponent)
@@ -320,14 +395,12 @@ def warmup_cosine_decay(
     check_real(name, "warmup_steps", warmup_steps, lo=0, integer=True)
     check_real(name, "decay_steps", decay_steps, lo=0, lo_open=True, integer=True)
     check_real(name, "exponent", exponent, lo=0, lo_open=True)
-    try:
-        if float(decay_steps) <= float(warmup_steps):
+    if not any(isinstance(v, jax.core.Tracer) for v in (decay_steps, warmup_steps)):
+        if np.any(np.asarray(decay_steps, np.float64) <= np.asarray(warmup_steps, np.float64)):
             raise InvalidHyperparameterError(
                 name, "decay_steps", decay_steps,
                 f"greater than warmup_steps={warmup_steps!r} (it counts the warm-up too)",
             )
-    except TypeError:
-        pass
     return _make(
         WarmupCosineDecay,
         init_value=as_state_scalar(init_value),
@@ -345,10 +418,15 @@ class ExponentialDecay(Schedule):
     _name = "exponential_decay"
 
     def __call__(self, count):
-        t = _count_f32(count)
-        p = jnp.maximum(t - self.transition_begin, 0.0) / self.transition_steps
+        t = _count_f32(count, self.init_value)
+        x = jnp.maximum(t - self.transition_begin, 0.0)
+        p = x / jnp.where(self.transition_steps > 0, self.transition_steps, 1.0)
         if self.staircase:
-            p = jnp.floor(p)
+            # XLA may turn division by a constant into multiplication by its reciprocal
+            # (41 * (1/41) = 0.99999994); correct the floor by one in either direction.
+            q = jnp.floor(p)
+            q = q + ((q + 1.0) * self.transition_steps <= x).astype(q.dtype)
+            p = q - (q * self.transition_steps > x).astype(q.dtype)
         v = self.init_value * self.decay_rate**p
         if self.has_end_value:
             v = jnp.where(self.decay_rate < 1.0, jnp.maximum(v, self.end_value),
@@ -357,7 +435,7 @@ class ExponentialDecay(Schedule):
 
     def __repr__(self):
         def n(x):
-            return _fmt_num(np.asarray(x).item())
+            return _fmt_leaf(x)
 
         end = n(self.end_value) if self.has_end_value else "None"
         return (
@@ -420,6 +498,8 @@ def exponential_decay(
 
 
 def _check_boundaries(name: str, boundaries: Sequence[int]) -> jax.Array:
+    if isinstance(boundaries, (str, bytes)) or not hasattr(boundaries, "__iter__"):
+        raise InvalidHyperparameterError(name, "boundaries", boundaries, "a sequence of integers")
     bounds = list(boundaries)
     for b in bounds:
         check_real(name, "boundaries", b, lo=0, integer=True)
@@ -458,6 +538,8 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
     """
     name = "piecewise_constant"
     b = _check_boundaries(name, boundaries)
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise InvalidHyperparameterError(name, "values", values, "a sequence of numbers")
     values = list(values)
     if len(values) != b.shape[0] + 1:
         raise InvalidHyperparameterError(
@@ -481,7 +563,7 @@ class Join(Schedule):
         return outs[idx]
 
     def __repr__(self):
-        return f"join(schedules={list(self.schedules)!r}, boundaries={np.asarray(self.boundaries).tolist()!r})"
+        return f"join(schedules={list(self.schedules)!r}, boundaries={_fmt_leaf(self.boundaries)})"
 
 
 def join(schedules: Sequence[Any], boundaries: Sequence[int]) -> Schedule:
@@ -502,6 +584,8 @@ def join(schedules: Sequence[Any], boundaries: Sequence[int]) -> Schedule:
     """
     name = "join"
     b = _check_boundaries(name, boundaries)
+    if not hasattr(schedules, "__iter__"):
+        raise InvalidHyperparameterError(name, "schedules", schedules, "a sequence of schedules")
     scheds = []
     for s in schedules:
         if isinstance(s, Schedule):
@@ -545,7 +629,7 @@ def make_schedule(name: str, **kwargs: Any) -> Schedule:
     """
     import inspect
 
-    if name not in _FACTORIES:
+    if not isinstance(name, str) or name not in _FACTORIES:
         raise InvalidHyperparameterError(
             "make_schedule", "name", name, f"one of {', '.join(sorted(_FACTORIES))}"
         )
@@ -556,4 +640,10 @@ def make_schedule(name: str, **kwargs: Any) -> Schedule:
             raise InvalidHyperparameterError(
                 name, "argument name", key, f"one of {', '.join(params)}"
             )
+    missing = [k for k, p in params.items()
+               if p.default is inspect.Parameter.empty and k not in kwargs]
+    if missing:
+        raise InvalidHyperparameterError(
+            name, "arguments", sorted(kwargs), f"given with {', '.join(missing)} (required)"
+        )
     return factory(**kwargs)

@@ -13,6 +13,22 @@ from jopt.errors import TreeMismatchError
 PyTree = Any
 
 
+def dtype_of(leaf: Any) -> np.dtype:
+    """The dtype of an array, ``ShapeDtypeStruct`` or Python/NumPy scalar leaf (a Python float
+    counts as float32, as ``jnp.asarray`` makes it)."""
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        dtype = jnp.asarray(leaf).dtype
+    return np.dtype(dtype)
+
+
+def as_arrays(tree: PyTree) -> PyTree:
+    """Python and NumPy scalar leaves as JAX arrays (arrays are returned as they are)."""
+    return jax.tree_util.tree_map(
+        lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree
+    )
+
+
 def describe(leaf: Any) -> str:
     """``'shape (3, 4) float32'`` for an array-like leaf."""
     shape = tuple(getattr(leaf, "shape", np.shape(leaf)))
@@ -159,6 +175,9 @@ def zeros_like(tree: PyTree, dtype: Any = None) -> PyTree:
 def _wider(a: np.dtype, b: np.dtype) -> np.dtype:
     if a == b:
         return a
+    a_inexact = jnp.issubdtype(a, jnp.inexact)
+    if a_inexact != jnp.issubdtype(b, jnp.inexact):
+        return a if a_inexact else b
     if jnp.issubdtype(b, jnp.complexfloating) and not jnp.issubdtype(a, jnp.complexfloating):
         return b
     if jnp.issubdtype(a, jnp.complexfloating) and not jnp.issubdtype(b, jnp.complexfloating):
@@ -189,6 +208,7 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     )
 
     def add(p, u):
+        p, u = jnp.asarray(p), jnp.asarray(u)
         p_dtype = np.dtype(p.dtype)
         ct = _wider(p_dtype, np.dtype(u.dtype))
         if jnp.issubdtype(p_dtype, jnp.complexfloating) or not jnp.issubdtype(
@@ -214,8 +234,11 @@ def check_state_type(transformation: str, state: Any, cls: type) -> None:
 
 def check_updates(
     transformation: str, updates: PyTree, reference: PyTree | None, params: PyTree | None
-) -> None:
-    """Checks updates against a per-parameter state tree and, if given, the parameters."""
+) -> tuple[PyTree, PyTree | None]:
+    """Checks updates against a per-parameter state tree and, if given, the parameters.
+
+    Returns ``(updates, params)`` with Python/NumPy scalar leaves turned into JAX arrays.
+    """
     if reference is not None:
         check_match(
             transformation, reference, updates,
@@ -225,3 +248,33 @@ def check_updates(
         check_match(
             transformation, updates, params, expected_name="the updates", got_name="params"
         )
+    return as_arrays(updates), (None if params is None else as_arrays(params))
+
+
+def place_like(params: PyTree, state: PyTree) -> PyTree:
+    """Puts unsharded state leaves (counters, hyperparameters) on the parameters' mesh.
+
+    When the parameters are concrete arrays with a ``NamedSharding``, scalar state leaves made
+    on one device are replicated over the same mesh. Otherwise the first jitted ``update``
+    would return them with a mesh sharding, the state's shardings would change between steps
+    and the step would compile twice. Per-parameter leaves already follow their parameter.
+    """
+    from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
+
+    target = None
+    for leaf in jax.tree_util.tree_leaves(params):
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
+            sharding = getattr(leaf, "sharding", None)
+            if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
+                target = NamedSharding(sharding.mesh, PartitionSpec())
+                break
+    if target is None:
+        return state
+
+    def put(x):
+        if (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+                and isinstance(x.sharding, SingleDeviceSharding)):
+            return jax.device_put(x, target)
+        return x
+
+    return jax.tree_util.tree_map(put, state)

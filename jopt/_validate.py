@@ -12,27 +12,36 @@ import numpy as np
 from jopt.errors import InvalidHyperparameterError
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+_I32_MAX = int(np.iinfo(np.int32).max)
+
+
 def _is_concrete(value: Any) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
 def as_float(transformation: str, name: str, value: Any) -> float | None:
     """The Python float of a concrete real scalar, ``None`` for a traced one; raises otherwise."""
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, (bool, np.bool_)) or value is None:
         raise InvalidHyperparameterError(transformation, name, value, "a real number")
     if not _is_concrete(value):
         return None
     if isinstance(value, (np.ndarray, jax.Array, np.generic)):
-        if np.ndim(value) != 0:
-            # Arrays of hyperparameters (for a population built eagerly) are allowed; check each.
-            arr = np.asarray(value)
-            if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-                raise InvalidHyperparameterError(transformation, name, value, "a real number")
+        arr = np.asarray(value)
+        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise InvalidHyperparameterError(transformation, name, value, "a real number")
+        if arr.ndim != 0:
+            # Arrays of hyperparameters are checked elementwise by check_real.
             return None
-        value = np.asarray(value).item()
-    if isinstance(value, complex) or not isinstance(value, (int, float)):
+        value = arr.item()
+    if isinstance(value, (complex, bool)) or not isinstance(value, (int, float)):
         raise InvalidHyperparameterError(transformation, name, value, "a real number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidHyperparameterError(
+            transformation, name, value, "representable as a float32 number"
+        ) from None
 
 
 def check_real(
@@ -74,6 +83,14 @@ def check_real(
         requirement = "an integer " + requirement if requirement else "an integer"
     if not math.isfinite(x):
         raise InvalidHyperparameterError(transformation, name, value, f"finite ({requirement})")
+    if abs(x) > _F32_MAX:
+        raise InvalidHyperparameterError(
+            transformation, name, value, f"representable as a float32 number ({requirement})"
+        )
+    if integer and abs(x) > _I32_MAX:
+        raise InvalidHyperparameterError(
+            transformation, name, value, f"an int32 number ({requirement})"
+        )
     if integer and x != int(x):
         raise InvalidHyperparameterError(transformation, name, value, requirement)
     if lo is not None and (x < lo or (lo_open and x == lo)):

@@ -95,7 +95,7 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> GradientTr
             raise TreeMismatchError(
                 name, "update needs the parameters", "", "params=<the parameter tree>", "None"
             )
-        _tree.check_updates(name, updates, None, params)
+        updates, params = _tree.check_updates(name, updates, None, params)
         wd = jnp.asarray(evaluate(state.hyperparams["weight_decay"], state.count))
         m = _resolve_mask(name, mask, params)
 

@@ -7,6 +7,7 @@ recompiling.
 """
 
 from jopt._schedules import CallableSchedule as CallableSchedule
+from jopt._schedules import OneMinus as OneMinus
 from jopt._schedules import Schedule as Schedule
 from jopt._schedules import constant as constant
 from jopt._schedules import cosine_decay as cosine_decay
@@ -19,6 +20,7 @@ from jopt._schedules import warmup_cosine_decay as warmup_cosine_decay
 
 __all__ = [
     "CallableSchedule",
+    "OneMinus",
     "Schedule",
     "constant",
     "cosine_decay",

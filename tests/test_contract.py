@@ -381,3 +381,25 @@ def test_counters_saturate_instead_of_wrapping():
     counts = [x for x in jax.tree_util.tree_leaves(state) if x.dtype == jnp.int32]
     assert counts and all(int(c) == int_max for c in counts)
     assert int(jopt.safe_increment(jnp.int32(int_max))) == int_max
+
+
+def test_sharded_state_does_not_recompile_second_step():
+    mesh = Mesh(np.array(jax.devices()), ("x",))
+    sh = NamedSharding(mesh, P("x"))
+    params = {"w": jax.device_put(jnp.ones((16, 4)), sh)}
+    tx = jopt.chain(jopt.clip_by_global_norm(1.0), jopt.adamw(jopt.cosine_decay(1e-2, 10)))
+    traces = []
+
+    @jax.jit
+    def step(p, s):
+        traces.append(1)
+        u, s = tx.update(jax.tree_util.tree_map(lambda x: x * 0.5, p), s, p)
+        return jopt.apply_updates(p, u), s
+
+    state = tx.init(params)
+    leaves0 = jax.tree_util.tree_leaves(state)
+    for _ in range(3):
+        params, state = step(params, state)
+    assert len(traces) == 1
+    for a, b in zip(leaves0, jax.tree_util.tree_leaves(state)):
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
