@@ -128,15 +128,15 @@ def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> Gra
 
 
 def _one_minus_power(c: jax.Array, t: jax.Array) -> jax.Array:
-    """``1 - (1 - c)**t`` without cancellation: ``-expm1(t * log1p(-c))``.
+    """The bias correction ``1 - b**t`` for ``b = 1 - c``, in the complement's precision.
 
-    ``c = 1`` (``b = 0``) gives exactly 1 and finite gradients (the log is only taken of a
-    safe value), which matters when differentiating through the update with respect to ``b``.
+    Written as ``1 - b**t`` (not the cancellation-free ``-expm1(t * log1p(-c))``) on purpose:
+    it is the float32 value optax computes, so per-step trajectories of jopt and optax agree
+    to about 1e-7 instead of drifting apart in long runs, and its error against the exact
+    float64 value (at most ~3e-6 relative, at small ``t``) is below float32 training noise.
     """
-    full = c >= 1.0
-    safe = jnp.where(full, 0.5, c)
-    t = t.astype(c.dtype)
-    return jnp.where(full, jnp.ones_like(c), -jnp.expm1(t * jnp.log1p(-safe)))
+    b = 1.0 - c
+    return 1.0 - b ** t.astype(c.dtype)
 
 
 def _complement(value: Any) -> jax.Array:
@@ -207,6 +207,12 @@ def scale_by_adam(
     :math:`\\hat m_t = \\beta_1 m_t / (1 - \\beta_1^{t+1}) + (1 - \\beta_1) g_t / (1 - \\beta_1^t)`
     (NAdam). The learning rate is *not* applied here (chain with
     :func:`scale_by_learning_rate`, or use :func:`adam`).
+
+    Numerics: ``b1`` and ``b2`` are stored as their complements ``1 - b`` (rounded once from
+    the double value), which the moment updates use; the bias correction is ``1 - b**t`` in
+    float32, the value optax computes, so jopt's and optax's per-step trajectories agree to
+    float32 rounding. Against exact arithmetic the first update is off by at most ~7e-6
+    relative (``float32(0.999) != 0.999``), decaying with ``t``.
 
     Args:
       b1: :math:`\\beta_1`, decay of the first moment, in [0, 1). Default 0.9.

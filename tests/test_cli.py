@@ -108,13 +108,6 @@ def test_default_output_folder(tmp_path, monkeypatch, capsys):
     assert (runs[0] / "metrics.json").exists() and (runs[0] / "curves.png").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jopt core: scale_by_adam computes 1 - b1 and 1 - b2 in float32 from the "
-           "float32-rounded b1/b2 (1 - f32(0.999) is 1.3e-5 off 0.001), optax/PyTorch use "
-           "the double-precision complement; the per-step losses drift apart by ~3e-3 within "
-           "4 epochs. Remove this marker when the core is fixed.",
-)
 def test_compare_optax_default_config_agrees(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["train", "--epochs", "4", "--compare", "optax", "--out", str(out)]) == 0
