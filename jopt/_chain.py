@@ -29,13 +29,27 @@ def _accepts_extra_args(tx: Any) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
 
 
+def _keyword_names(tx: Any) -> set[str]:
+    """Names of keyword arguments ``tx.update`` takes beyond updates, state and params."""
+    try:
+        sig = inspect.signature(tx.update)
+    except (TypeError, ValueError):
+        return set()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [p.name for p in sig.parameters.values() if p.kind in kinds]
+    return set(names[3:]) | {p.name for p in sig.parameters.values()
+                             if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
 def _link_update(tx: Any):
     if _accepts_extra_args(tx):
         return tx.update
+    # A link without **kwargs still receives the extra arguments it names (value=...).
+    wanted = _keyword_names(tx)
 
     def update(updates, state, params=None, **extra_args):
-        del extra_args
-        return tx.update(updates, state, params)
+        picked = {k: v for k, v in extra_args.items() if k in wanted}
+        return tx.update(updates, state, params, **picked)
 
     return update
 

@@ -168,7 +168,19 @@ class EarlyStopping:
                 "early_stopping", "the state is not the one init builds", "",
                 "EarlyStoppingState", type(state).__name__,
             )
-        metric = jnp.asarray(metric)
+        if not isinstance(metric, (int, float, np.generic, np.ndarray, jax.Array)) or isinstance(
+                metric, (bool, np.bool_)):
+            raise InvalidMetricError(
+                f"early_stopping: the metric must be a real scalar; got {metric!r}."
+            )
+        try:
+            if isinstance(metric, (int, float)):
+                metric = float(metric)  # Python ints of any size compare as floats
+            metric = jnp.asarray(metric)
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidMetricError(
+                f"early_stopping: the metric must be a real scalar; got {metric!r}."
+            ) from None
         if metric.ndim != 0 or not (
             jnp.issubdtype(metric.dtype, jnp.floating) or jnp.issubdtype(metric.dtype, jnp.integer)
         ):
@@ -307,18 +319,35 @@ def early_stopping(
     return EarlyStopping(mode, min_delta, min_delta_mode, int(patience), bool(keep_best), best_dt)
 
 
+def _status(fn: str, state: Any) -> np.ndarray:
+    if not isinstance(state, EarlyStoppingState):
+        raise TreeMismatchError(
+            fn, "the argument is not an early-stopping state", "", "EarlyStoppingState",
+            type(state).__name__,
+        )
+    return np.asarray(jax.device_get(state.status))
+
+
 def should_stop(state: EarlyStoppingState) -> Any:
     """Host-side: whether the run has stopped (a Python bool, or a NumPy bool array for a
-    batched/vmapped state). Reads a replicated scalar, so it works in multi-process runs."""
-    status = np.asarray(jax.device_get(state.status))
+    batched/vmapped state). Reads a replicated scalar, so it works in multi-process runs.
+
+    Raises:
+      TreeMismatchError: if ``state`` is not an :class:`EarlyStoppingState`.
+    """
+    status = _status("should_stop", state)
     stopped = status >= int(Status.STOPPED_PATIENCE)
     return bool(stopped) if stopped.ndim == 0 else stopped
 
 
 def stop_reason(state: EarlyStoppingState) -> Any:
     """Host-side: the status message (``"patience exhausted"``, ``"non-finite metric"``,
-    ``"running: ..."``); a list of messages for a batched state."""
-    status = np.asarray(jax.device_get(state.status))
+    ``"running: ..."``); a list of messages for a batched state.
+
+    Raises:
+      TreeMismatchError: if ``state`` is not an :class:`EarlyStoppingState`.
+    """
+    status = _status("stop_reason", state)
     if status.ndim == 0:
         return Status(int(status)).message
     return [Status(int(s)).message for s in status.reshape(-1)]

@@ -30,7 +30,12 @@ _RANGES: dict[str, dict[str, Any]] = {
     "max_norm": {"lo": 0},
     "max_delta": {"lo": 0},
     "decay": {"lo": 0, "hi": 1},
+    "min_delta": {"lo": 0},
+    "patience": {"lo": 0, "integer": True},
 }
+
+# Hyperparameters whose transformations evaluate a schedule at the step counter.
+_SCHEDULABLE = {"learning_rate", "weight_decay"}
 
 
 def _is_holder(x: Any) -> bool:
@@ -143,10 +148,25 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
                 "set_hyperparams", "key", key, f"one of {sorted(by_key) or '(none in this state)'}"
             )
     per_holder: dict[tuple[str, ...], dict[str, Any]] = {}
+    holders = {path: holder for _, path, _, holder in entries}
     for key, new in updates.items():
         path, name = by_key[key]
-        if name in _RANGES and not isinstance(new, Schedule) and not callable(new):
-            check_real("set_hyperparams", key, new, **_RANGES[name])
+        old = holders[path].hyperparams[name]
+        if isinstance(new, Schedule) or callable(new):
+            schedulable = name in _SCHEDULABLE or (
+                isinstance(old, Schedule) and not isinstance(old, OneMinus))
+            if not schedulable or not hasattr(holders[path], "count"):
+                raise InvalidHyperparameterError(
+                    "set_hyperparams", key, new,
+                    "a number (this hyperparameter cannot follow a schedule)",
+                )
+        else:
+            check_real("set_hyperparams", key, new, **_RANGES.get(name, {}))
+            if not isinstance(new, jax.core.Tracer) and np.ndim(new) != 0:
+                raise InvalidHyperparameterError(
+                    "set_hyperparams", key, new,
+                    "a scalar (for a population, call set_hyperparams inside jax.vmap)",
+                )
         per_holder.setdefault(path, {})[name] = new
 
     def replace(path, node):

@@ -176,3 +176,37 @@ def test_errors_are_raised_at_trace_time_not_run_time():
     state = tx.init(_params())
     with pytest.raises(TreeMismatchError):
         jax.eval_shape(tx.update, {"dense": {"kernel": jnp.ones((4, 3))}}, state)
+
+
+def test_set_hyperparams_rejects_what_cannot_work():
+    state = jopt.chain(jopt.clip_by_global_norm(1.0), jopt.adam(1e-3)).init(_params())
+    with pytest.raises(InvalidHyperparameterError, match=r"set_hyperparams: b1 must be a number \(this hyperparameter cannot follow a schedule\)"):
+        jopt.set_hyperparams(state, b1=jopt.linear(0.0, 0.9, 2))
+    with pytest.raises(InvalidHyperparameterError, match="max_norm must be a number"):
+        jopt.set_hyperparams(state, max_norm=lambda c: 1.0)
+    with pytest.raises(InvalidHyperparameterError, match="learning_rate must be a scalar"):
+        jopt.set_hyperparams(state, learning_rate=jnp.ones(3))
+    for bad in ("a", None, float("nan")):
+        with pytest.raises(InvalidHyperparameterError, match="eps"):
+            jopt.set_hyperparams(state, eps=bad)
+    es = jopt.early_stopping(patience=3).init()
+    with pytest.raises(InvalidHyperparameterError, match="patience must be an integer >= 0"):
+        jopt.set_hyperparams(es, patience=2.7)
+    with pytest.raises(InvalidHyperparameterError, match="min_delta must be >= 0"):
+        jopt.set_hyperparams(es, min_delta=-1.0)
+    # Schedulable ones take schedules.
+    new = jopt.set_hyperparams(state, learning_rate=jopt.linear(0.0, 1.0, 4))
+    assert float(jopt.get_hyperparams(new)["learning_rate"]) == 0.0
+
+
+def test_bad_metrics_and_states():
+    es = jopt.early_stopping()
+    for bad in ("a", None, {"a": 1.0}, 1 + 2j):
+        with pytest.raises(InvalidMetricError, match="early_stopping: the metric must be a real scalar"):
+            es.update(es.init(), bad)
+    state = es.update(es.init(), 2**40)  # a huge Python int is a valid metric
+    assert float(state.best_value) == 2.0**40
+    with pytest.raises(TreeMismatchError, match="should_stop: the argument is not an early-stopping state"):
+        jopt.should_stop({})
+    with pytest.raises(TreeMismatchError, match="stop_reason"):
+        jopt.stop_reason(None)

@@ -123,3 +123,22 @@ def test_flax_train_state():
     state = state.apply_gradients(grads={"w": jnp.ones((3,))})
     np.testing.assert_allclose(np.asarray(state.params["w"]), 0.9, rtol=1e-6)
     assert flax.__version__
+
+
+class NamedValueOnly:
+    """A link that names ``value`` but takes no **kwargs."""
+
+    def init(self, params):
+        del params
+        return jnp.zeros([], jnp.float32)
+
+    def update(self, updates, state, params=None, value=None):
+        del params
+        return jax.tree_util.tree_map(lambda u: u * value, updates), state
+
+
+def test_chain_passes_named_extra_args_to_links_without_kwargs():
+    tx = jopt.chain(jopt.scale(1.0), NamedValueOnly())
+    params = {"w": jnp.ones(2)}
+    u, _ = tx.update(params, tx.init(params), params, value=jnp.float32(4.0), other=1)
+    np.testing.assert_allclose(np.asarray(u["w"]), 4.0)
