@@ -29,7 +29,6 @@ two transformations built with the same arguments compare and hash equal.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -239,13 +238,6 @@ def zero_count() -> jax.Array:
 def is_gradient_transformation(obj: Any) -> bool:
     """True for anything with callable ``init`` and ``update`` attributes (optax's too)."""
     return callable(getattr(obj, "init", None)) and callable(getattr(obj, "update", None))
-
-
-def finite_float(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 EmptyState = NamedTuple("EmptyState", [])

@@ -196,6 +196,8 @@ class OneMinus(Schedule):
 
 
 class Constant(Schedule):
+    """The pytree built by :func:`constant`; see there for the formula and the fields."""
+
     _leaves = ("value",)
     _name = "constant"
 
@@ -234,6 +236,8 @@ def _make(cls, **fields):
 
 
 class Linear(Schedule):
+    """The pytree built by :func:`linear`; see there for the formula and the fields."""
+
     _leaves = ("init_value", "end_value", "transition_steps", "transition_begin")
     _name = "linear"
 
@@ -288,6 +292,8 @@ def _cosine_factor(t, steps, exponent):
 
 
 class CosineDecay(Schedule):
+    """The pytree built by :func:`cosine_decay`; see there for the formula and the fields."""
+
     _leaves = ("init_value", "decay_steps", "alpha", "exponent")
     _name = "cosine_decay"
 
@@ -334,6 +340,8 @@ def cosine_decay(
 
 
 class WarmupCosineDecay(Schedule):
+    """The pytree built by :func:`warmup_cosine_decay`; see there for the formula and the fields."""
+
     _leaves = ("init_value", "peak_value", "warmup_steps", "decay_steps", "end_value", "exponent")
     _name = "warmup_cosine_decay"
 
@@ -413,6 +421,8 @@ def warmup_cosine_decay(
 
 
 class ExponentialDecay(Schedule):
+    """The pytree built by :func:`exponential_decay`; see there for the formula and the fields."""
+
     _leaves = ("init_value", "transition_steps", "decay_rate", "transition_begin", "end_value")
     _static = ("staircase", "has_end_value")
     _name = "exponential_decay"
@@ -509,6 +519,8 @@ def _check_boundaries(name: str, boundaries: Sequence[int]) -> jax.Array:
 
 
 class PiecewiseConstant(Schedule):
+    """The pytree built by :func:`piecewise_constant`; see there for the formula and the fields."""
+
     _leaves = ("boundaries", "values")
     _name = "piecewise_constant"
 
@@ -551,6 +563,8 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
 
 
 class Join(Schedule):
+    """The pytree built by :func:`join`; see there for the formula and the fields."""
+
     _leaves = ("schedules", "boundaries")
     _name = "join"
 
