@@ -126,11 +126,16 @@ def clip_by_global_norm(max_norm: float, axis_name: Any = None) -> GradientTrans
         norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
         m = state.hyperparams["max_norm"].astype(norm.dtype)
         over = norm > m
-        factor = jnp.where(over, m / jnp.where(over, norm, 1), 1).astype(norm.dtype)
+        # u -> (u / norm) * max_norm where clipping, u / 1 * 1 (exactly u) elsewhere: the
+        # choice is made on the two scalars, so no full-size select or temporary is built,
+        # and the clipped values are the float32 values optax computes.
+        divisor = jnp.where(over, norm, 1.0)
+        multiplier = jnp.where(over, m, 1.0)
 
         def one(u):
             ct = _tree.compute_dtype(u.dtype)
-            return (u.astype(ct) * _tree.cast_scalar(factor, ct)).astype(u.dtype)
+            return ((u.astype(ct) / _tree.cast_scalar(divisor, ct))
+                    * _tree.cast_scalar(multiplier, ct)).astype(u.dtype)
 
         return jax.tree_util.tree_map(one, updates), state
 

@@ -136,7 +136,8 @@ def _one_minus_power(c: jax.Array, t: jax.Array) -> jax.Array:
     float64 value (at most ~3e-6 relative, at small ``t``) is below float32 training noise.
     """
     b = 1.0 - c
-    return 1.0 - b ** t.astype(c.dtype)
+    # b ** t with an int32 exponent (lax.pow(float, int)), as optax evaluates it.
+    return 1.0 - jax.lax.pow(b, t.astype(jnp.int32))
 
 
 def _complement(value: Any) -> jax.Array:
@@ -272,12 +273,11 @@ def scale_by_adam(
         updates, params = _tree.check_updates(name, updates, state.mu, params)
         hp = state.hyperparams
         count = safe_increment(state.count)
-        t = count.astype(jnp.float32)
         c1, c2 = _complement(hp["b1"]), _complement(hp["b2"])
         b1_, b2_ = 1.0 - c1, 1.0 - c2
-        bc1 = _one_minus_power(c1, t)
-        bc2 = _one_minus_power(c2, t)
-        bc1_next = _one_minus_power(c1, t + 1.0)
+        bc1 = _one_minus_power(c1, count)
+        bc2 = _one_minus_power(c2, count)
+        bc1_next = _one_minus_power(c1, safe_increment(count))
 
         def one(g, m, v):
             ct = _tree.compute_dtype(g.dtype)
@@ -289,13 +289,17 @@ def scale_by_adam(
                 return _tree.cast_scalar(x, rt)
 
             g_ = g.astype(ct)
-            m_new = cc(b1_) * m.astype(ct) + cc(c1) * g_
-            v_new = cr(b2_) * v.astype(rt) + cr(c2) * _tree.abs_sq(g_)
+            # Written (1 - b) g + b m, the operand order optax uses: XLA may fuse one of the
+            # two products into a fused multiply-add, and which one changes the last bit.
+            m_new = cc(c1) * g_ + cc(b1_) * m.astype(ct)
+            v_new = cr(c2) * _tree.abs_sq(g_) + cr(b2_) * v.astype(rt)
+            # Divisions by the bias corrections (not multiplications by their reciprocals):
+            # the same float32 operations as optax, so trajectories agree bit for bit.
             if nesterov:
-                m_hat = cc(b1_ / bc1_next) * m_new + cc(c1 / bc1) * g_
+                m_hat = cc(b1_) * m_new / cc(bc1_next) + cc(c1) * g_ / cc(bc1)
             else:
-                m_hat = m_new * cc(1.0 / bc1)
-            v_hat = v_new * cr(1.0 / bc2)
+                m_hat = m_new / cc(bc1)
+            v_hat = v_new / cr(bc2)
             denom = jnp.sqrt(v_hat + cr(hp["eps_root"])) + cr(hp["eps"])
             # With eps = 0 (allowed) a zero second moment means a zero first moment: keep the
             # documented 0 instead of 0/0 by flooring the denominator at the smallest normal.

@@ -243,12 +243,24 @@ class Linear(Schedule):
 
     def __call__(self, count):
         t = _count_f32(count, self.init_value)
-        steps = self.transition_steps
-        # Values are only checked when concrete; a traced zero length must not give 0/0.
-        safe = jnp.where(steps > 0, steps, 1.0)
-        frac = jnp.where(steps > 0, jnp.clip((t - self.transition_begin) / safe, 0.0, 1.0),
-                         (t >= self.transition_begin).astype(t.dtype))
-        return self.init_value + (self.end_value - self.init_value) * frac
+        return _ramp(t - self.transition_begin, self.init_value, self.end_value,
+                     self.transition_steps)
+
+
+def _ramp(t, start, end, steps):
+    """Linear from ``start`` (t <= 0) to ``end`` (t >= steps), as ``(start - end)(1 - t/T) + end``.
+
+    This arrangement of the arithmetic is the one optax uses, so the float32 values agree bit
+    for bit and jopt/optax training runs do not drift apart through the schedule.
+    """
+    # Values are only checked when concrete; a traced zero length must not give 0/0.
+    positive = steps > 0
+    safe = jnp.where(positive, steps, 1.0)
+    c = jnp.clip(t, 0.0, safe)
+    frac = jnp.where(positive, 1.0 - c / safe, (t < 0).astype(t.dtype))
+    # Before the ramp the value is exactly ``start`` ((start - end) + end may differ from
+    # start in the last bit); inside it the arithmetic is optax's.
+    return jnp.where(c <= 0, start, (start - end) * frac + end)
 
 
 def linear(
@@ -284,11 +296,14 @@ def linear(
     )
 
 
-def _cosine_factor(t, steps, exponent):
-    safe = jnp.where(steps > 0, steps, 1.0)
-    frac = jnp.where(steps > 0, jnp.clip(t, 0.0, safe) / safe, 1.0)
-    c = 0.5 * (1.0 + jnp.cos(jnp.asarray(math.pi, t.dtype) * frac))
-    return c**exponent
+def _cosine(t, init_value, steps, alpha, exponent):
+    """``init * ((1 - alpha) * [(1 + cos(pi min(t, T) / T)) / 2] ** p + alpha)``, arranged as
+    optax arranges it (float32 values agree bit for bit)."""
+    positive = steps > 0
+    safe = jnp.where(positive, steps, 1.0)
+    c = jnp.where(positive, jnp.clip(t, 0.0, safe), safe)
+    factor = 0.5 * (1.0 + jnp.cos(jnp.asarray(math.pi, t.dtype) * c / safe))
+    return init_value * ((1.0 - alpha) * factor**exponent + alpha)
 
 
 class CosineDecay(Schedule):
@@ -299,8 +314,7 @@ class CosineDecay(Schedule):
 
     def __call__(self, count):
         t = _count_f32(count, self.init_value)
-        c = _cosine_factor(t, self.decay_steps, self.exponent)
-        return self.init_value * ((1.0 - self.alpha) * c + self.alpha)
+        return _cosine(t, self.init_value, self.decay_steps, self.alpha, self.exponent)
 
 
 def cosine_decay(
@@ -347,10 +361,12 @@ class WarmupCosineDecay(Schedule):
 
     def __call__(self, count):
         t = _count_f32(count, self.init_value)
-        safe_warmup = jnp.maximum(self.warmup_steps, 1.0)
-        warm = self.init_value + (self.peak_value - self.init_value) * (t / safe_warmup)
-        c = _cosine_factor(t - self.warmup_steps, self.decay_steps - self.warmup_steps, self.exponent)
-        decay = (self.peak_value - self.end_value) * c + self.end_value
+        warm = _ramp(t, self.init_value, self.peak_value, self.warmup_steps)
+        # The cosine part ends at end_value: a floor alpha = end / peak of the peak.
+        nonzero = self.peak_value != 0
+        alpha = jnp.where(nonzero, self.end_value / jnp.where(nonzero, self.peak_value, 1.0), 0.0)
+        decay = _cosine(t - self.warmup_steps, self.peak_value,
+                        self.decay_steps - self.warmup_steps, alpha, self.exponent)
         return jnp.where(t < self.warmup_steps, warm, decay)
 
 

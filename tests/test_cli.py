@@ -89,14 +89,20 @@ def test_end_to_end_digits_few_epochs(tmp_path, capsys):
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
 
 
-def test_default_configuration_reaches_95_percent(tmp_path, capsys):
+def test_default_configuration_reaches_95_percent_and_matches_optax(tmp_path, capsys):
+    # The whole default run (jopt train with no options), replayed with optax in the same
+    # process: the per-step losses agree to 1e-5 relative over every step of the run.
     out = tmp_path / "default"
-    assert main(["train", "--out", str(out)]) == 0
+    assert main(["train", "--compare", "optax", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
-    summary = _strict_json(out / "metrics.json")["summary"]
+    metrics = _strict_json(out / "metrics.json")
+    summary = metrics["summary"]
     assert summary["test_accuracy"] >= 0.95, stdout
     assert summary["stop_reason"] in ("patience exhausted", "max epochs reached")
     assert summary["best_epoch"] is not None and summary["best_epoch"] <= summary["epochs_run"]
+    cmp = metrics["compare"]
+    assert cmp["steps"] == len(metrics["steps"]["loss"]) == len(cmp["rel_loss_diff"]) > 100
+    assert cmp["max_rel_loss_diff"] <= 1e-5, cmp["max_rel_loss_diff"]
 
 
 def test_default_output_folder(tmp_path, monkeypatch, capsys):
