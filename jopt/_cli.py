@@ -211,7 +211,9 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         # allow_pickle=False: a data file is never unpickled (pickles can run code).
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise CLIError(f"cannot read {path} as an .npz archive: {_one_line(e)}") from None
+        # numpy reports any non-numpy file as "pickled data"; say what the file is not.
+        raise CLIError(f"{path} is not an .npz archive of numeric arrays "
+                       f"(save one with numpy.savez(path, X=X, y=y)): {_one_line(e)}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise CLIError(f"{path} is a single .npy array, not an .npz archive with arrays X and y")
     with archive:
@@ -545,8 +547,11 @@ def _train(args: argparse.Namespace) -> int:
           f"{data['n_classes']} classes), {cfg['optimizer']} + {cfg['schedule']} schedule, "
           f"peak lr {cfg['learning_rate']:g}, {cfg['epochs']} epochs x "
           f"{cfg['steps_per_epoch']} steps")
+    sys.stdout.flush()
+    # disable=None: the bar is drawn on a terminal only, so logs redirected to a file stay
+    # one line per epoch.
     bar = tqdm(total=cfg["total_steps"], desc="train", unit="step", file=sys.stderr,
-               mininterval=0.2, dynamic_ncols=True)
+               mininterval=0.2, dynamic_ncols=True, disable=None)
     stopped = False
     try:
         for epoch in range(1, cfg["epochs"] + 1):
@@ -618,6 +623,8 @@ def _train(args: argparse.Namespace) -> int:
     print("summary:")
     print(f"  epochs run:     {summary['epochs_run']} of {cfg['epochs']}")
     print(f"  stop reason:    {stop_reason}")
+    if stop_reason == "non-finite metric":
+        print("                  (the run diverged: try a lower --learning-rate or --clip-norm)")
     if summary["best_epoch"] is None:
         print("  best epoch:     none (no finite validation loss; initial parameters kept)")
     else:
@@ -626,11 +633,13 @@ def _train(args: argparse.Namespace) -> int:
     print(f"  test accuracy:  {_fmt(test_acc)} (test loss {_fmt(test_loss)}, "
           f"{data['X_test'].shape[0]} examples)")
     if compare is not None:
+        verdict = ("same trajectory to float32 rounding"
+                   if compare["max_rel_loss_diff"] <= 1e-5 else "trajectories differ")
         print(f"  optax compare:  max relative loss difference "
               f"{compare['max_rel_loss_diff']:.3g} over {compare['steps']} steps "
-              f"(at step {compare['argmax_step']})")
+              f"(at step {compare['argmax_step']}; {verdict})")
     print(f"  wall time:      {summary['wall_time_s']:.1f} s")
-    print(f"output folder: {out_dir}")
+    print(f"output folder: {out_dir} (metrics.json, curves.png)")
     return 0
 
 

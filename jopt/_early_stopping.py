@@ -78,6 +78,13 @@ class EarlyStoppingState(NamedTuple):
     hyperparams: dict[str, jax.Array]
     best_params: Any = None
 
+    @property
+    def stopped(self) -> jax.Array:
+        """Whether the run has stopped, as a bool array: traceable, so usable inside ``jit``
+        and as a ``lax.while_loop`` condition (batched under ``vmap``). The host-side
+        :func:`should_stop` returns the same as a Python bool."""
+        return self.status >= int(Status.STOPPED_PATIENCE)
+
 
 class EarlyStopping:
     """Configuration of an early-stopping state machine; see :func:`early_stopping`.
@@ -199,7 +206,7 @@ class EarlyStopping:
 
         m = metric.astype(jnp.float32)
         hp = state.hyperparams
-        stopped_before = state.status >= int(Status.STOPPED_PATIENCE)
+        stopped_before = state.stopped
         finite = jnp.isfinite(m)
         has_best = state.best_step >= 0
         best = state.best_value

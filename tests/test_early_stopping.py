@@ -182,7 +182,7 @@ def test_while_loop_training_stops_where_python_loop_does():
         return p + u, s, val(p + u, k)
 
     def cond(c):
-        return ~(c[2].status >= int(Status.STOPPED_PATIENCE)) & (c[3] < 1000)
+        return ~c[2].stopped & (c[3] < 1000)
 
     def body(c):
         p, s, e, k = c

@@ -24,3 +24,14 @@ def test_readme_test_command_is_what_ci_runs():
     assert len(commands) == 1
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[0] in ci.splitlines()
+
+
+def test_readme_hyperparameter_snippet_runs_after_the_example():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    code = blocks[0] + "\n" + blocks[1] + (
+        "\nnew_params, new_states = step(params, states)\n"
+        "print(jopt.get_hyperparams(new_states)['learning_rate'].shape, step._cache_size())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "(8,) 1"
