@@ -13,8 +13,8 @@ from typing import Any
 from jopt._base import GradientTransformation
 from jopt._chain import chain
 from jopt._scale import scale_by_adam, scale_by_learning_rate, trace
-from jopt._weight_decay import add_decayed_weights
 from jopt._validate import check_dtype_option
+from jopt._weight_decay import add_decayed_weights
 from jopt.errors import InvalidHyperparameterError
 
 
@@ -115,7 +115,8 @@ def adam(
       >>> import jopt
       >>> tx = jopt.adam(jopt.cosine_decay(1e-3, decay_steps=1000))
       >>> tx
-      adam(learning_rate=cosine_decay(init_value=0.001, decay_steps=1000, alpha=0, exponent=1), b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0)
+      adam(learning_rate=cosine_decay(init_value=0.001, decay_steps=1000, alpha=0, exponent=1),
+           b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0)
 
     References:
       Kingma & Ba, `Adam: A Method for Stochastic Optimization

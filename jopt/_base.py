@@ -240,7 +240,8 @@ def is_gradient_transformation(obj: Any) -> bool:
     return callable(getattr(obj, "init", None)) and callable(getattr(obj, "update", None))
 
 
-EmptyState = NamedTuple("EmptyState", [])
+class EmptyState(NamedTuple):
+    pass
 
 
 def identity() -> GradientTransformation:

@@ -103,7 +103,8 @@ def chain(*transformations: Any) -> GradientTransformation:
             raise TreeMismatchError(
                 "chain", "the state is not the one this chain's init builds", "",
                 f"a tuple of {len(links)} link states",
-                f"{type(state).__name__}" + (f" of length {len(state)}" if isinstance(state, tuple) else ""),
+                type(state).__name__
+                + (f" of length {len(state)}" if isinstance(state, tuple) else ""),
             )
         new_state = []
         for fn, s in zip(updates_fns, state):
@@ -155,7 +156,8 @@ def named_chain(*transformations: tuple[str, Any]) -> GradientTransformation:
             raise TreeMismatchError(
                 "named_chain", "the state is not the one this chain's init builds", "",
                 f"a dict with keys {names}",
-                f"{type(state).__name__}" + (f" with keys {list(state)}" if isinstance(state, dict) else ""),
+                type(state).__name__
+                + (f" with keys {list(state)}" if isinstance(state, dict) else ""),
             )
         new_state = {}
         for (name, _), fn in zip(links, updates_fns):

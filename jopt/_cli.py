@@ -186,12 +186,12 @@ def main(argv: list[str] | None = None) -> int:
 def _import_examples() -> dict[str, Any]:
     """The optional dependencies, imported lazily; a missing one is a :class:`CLIError`."""
     try:
-        from flax import nnx
         import matplotlib
         import sklearn.datasets
         import sklearn.model_selection
         import sklearn.preprocessing
         import tqdm
+        from flax import nnx
     except ImportError as e:
         missing = getattr(e, "name", None) or "a dependency"
         raise CLIError(

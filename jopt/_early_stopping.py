@@ -154,7 +154,9 @@ class EarlyStopping:
         )
         return place_like(params, state) if params is not None else state
 
-    def update(self, state: EarlyStoppingState, metric: Any, params: Any = None) -> EarlyStoppingState:
+    def update(
+        self, state: EarlyStoppingState, metric: Any, params: Any = None
+    ) -> EarlyStoppingState:
         """One decision from one metric value.
 
         Args:
@@ -226,7 +228,8 @@ class EarlyStopping:
             jnp.where(
                 improved,
                 int(Status.IMPROVED),
-                jnp.where(wait >= hp["patience"], int(Status.STOPPED_PATIENCE), int(Status.RUNNING)),
+                jnp.where(wait >= hp["patience"], int(Status.STOPPED_PATIENCE),
+                          int(Status.RUNNING)),
             ),
         ).astype(jnp.int32)
 

@@ -89,7 +89,8 @@ def get_hyperparams(state: Any) -> dict[str, jax.Array]:
       >>> tx = jopt.adamw(jopt.linear(0.0, 1e-3, transition_steps=10), weight_decay=0.1)
       >>> state = tx.init({"w": jnp.zeros(3)})
       >>> {k: round(float(v), 6) for k, v in jopt.get_hyperparams(state).items()}
-      {'b1': 0.9, 'b2': 0.999, 'eps': 0.0, 'eps_root': 0.0, 'weight_decay': 0.1, 'learning_rate': 0.0}
+      {'b1': 0.9, 'b2': 0.999, 'eps': 0.0, 'eps_root': 0.0, 'weight_decay': 0.1,
+       'learning_rate': 0.0}
       >>> _, state = tx.update({"w": jnp.ones(3)}, state, {"w": jnp.zeros(3)})
       >>> round(float(jopt.get_hyperparams(state)["learning_rate"]), 6)
       0.0001

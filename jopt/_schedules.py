@@ -170,7 +170,7 @@ class OneMinus(Schedule):
         return 1.0 - self.complement
 
     @classmethod
-    def of(cls, value: Any) -> "OneMinus":
+    def of(cls, value: Any) -> OneMinus:
         """``OneMinus`` for ``value``: the complement is computed in double precision when
         ``value`` is concrete, else (a traced value) in the value's own precision."""
         if isinstance(value, OneMinus):
@@ -480,7 +480,7 @@ def exponential_decay(
     staircase: bool = False,
     end_value: float | None = None,
 ) -> Schedule:
-    """Exponential decay: ``init_value * decay_rate ** ((t - transition_begin) / transition_steps)``.
+    """Exponential decay: ``init * decay_rate ** ((t - transition_begin) / transition_steps)``.
 
     .. math::
        v(t) = v_0\\, r^{\\,\\max(t - t_b, 0)/T}
@@ -589,7 +589,8 @@ class Join(Schedule):
         idx = jnp.sum((count >= self.boundaries).astype(jnp.int32))
         starts = jnp.concatenate([jnp.zeros([1], jnp.int32), self.boundaries])
         start = starts[idx]
-        outs = jnp.stack([jnp.asarray(s(count - start)).astype(jnp.float32) for s in self.schedules])
+        outs = jnp.stack([jnp.asarray(s(count - start)).astype(jnp.float32)
+                          for s in self.schedules])
         return outs[idx]
 
     def __repr__(self):

@@ -94,9 +94,7 @@ def check_match(
         e_shape = tuple(np.shape(e)) if not hasattr(e, "shape") else tuple(e.shape)
         g_shape = tuple(np.shape(g)) if not hasattr(g, "shape") else tuple(g.shape)
         bad_shape = shapes and e_shape != g_shape
-        bad_dtype = dtypes and np.dtype(getattr(e, "dtype", None) or np.asarray(e).dtype) != np.dtype(
-            getattr(g, "dtype", None) or np.asarray(g).dtype
-        )
+        bad_dtype = dtypes and dtype_of(e) != dtype_of(g)
         if bad_shape or bad_dtype:
             kind = "shape" if bad_shape else "dtype"
             raise TreeMismatchError(

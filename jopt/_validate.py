@@ -11,7 +11,6 @@ import numpy as np
 
 from jopt.errors import InvalidHyperparameterError
 
-
 _F32_MAX = float(np.finfo(np.float32).max)
 _I32_MAX = int(np.iinfo(np.int32).max)
 

@@ -8,12 +8,11 @@ import json
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-
 # The examples extra is part of the test extra: a missing package is a failure, not a skip.
 import flax  # noqa: E402,F401
 import matplotlib  # noqa: E402,F401
+import numpy as np
+import pytest
 import sklearn  # noqa: E402,F401
 import tqdm  # noqa: E402,F401
 

@@ -261,15 +261,15 @@ def test_vmap_population_of_learning_rates_equals_solo_runs():
         return jopt.apply_updates(p, u), s
 
     for g in grads_seq:
-        pop_params, pop_state = pop_step(pop_params, pop_state, g if False else
-                                         jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (8,) + x.shape), g))
+        batched = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (8,) + x.shape), g)
+        pop_params, pop_state = pop_step(pop_params, pop_state, batched)
     assert len(traces) == 1
     np.testing.assert_allclose(np.asarray(jopt.get_hyperparams(pop_state)["learning_rate"]), lrs)
     for i, lr in enumerate(lrs):
         solo_params, _ = _train(jopt.chain(jopt.clip_by_global_norm(1.0),
                                            jopt.adamw(float(lr), weight_decay=1e-2)),
                                 params, grads_seq)
-        member = jax.tree_util.tree_map(lambda x: x[i], pop_params)
+        member = jax.tree_util.tree_map(lambda x, i=i: x[i], pop_params)
         # vmap may fuse differently from the solo program: allow a few float32 ulps.
         assert tree_allclose(member, solo_params, rtol=2e-6, atol=1e-7), i
 
