@@ -40,13 +40,19 @@ from jopt._scale import scale_by_learning_rate as scale_by_learning_rate
 from jopt._scale import trace as trace
 from jopt._schedules import Schedule as Schedule
 from jopt._schedules import constant as constant
+from jopt._schedules import constant_schedule as constant_schedule
 from jopt._schedules import cosine_decay as cosine_decay
+from jopt._schedules import cosine_decay_schedule as cosine_decay_schedule
 from jopt._schedules import exponential_decay as exponential_decay
 from jopt._schedules import join as join
+from jopt._schedules import join_schedules as join_schedules
 from jopt._schedules import linear as linear
+from jopt._schedules import linear_schedule as linear_schedule
 from jopt._schedules import make_schedule as make_schedule
 from jopt._schedules import piecewise_constant as piecewise_constant
+from jopt._schedules import piecewise_constant_schedule as piecewise_constant_schedule
 from jopt._schedules import warmup_cosine_decay as warmup_cosine_decay
+from jopt._schedules import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
 from jopt._tree import apply_updates as apply_updates
 from jopt._weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
 from jopt._weight_decay import add_decayed_weights as add_decayed_weights
@@ -61,10 +67,10 @@ __all__ = [
     "EarlyStoppingState",
     "EmptyState",
     "GradientTransformation",
-    "Schedule",
     "ScaleByAdamState",
     "ScaleByLearningRateState",
     "ScaleState",
+    "Schedule",
     "Status",
     "TraceState",
     "adam",
@@ -76,17 +82,22 @@ __all__ = [
     "clip",
     "clip_by_global_norm",
     "constant",
+    "constant_schedule",
     "cosine_decay",
+    "cosine_decay_schedule",
     "early_stopping",
     "errors",
     "exponential_decay",
     "get_hyperparams",
     "identity",
     "join",
+    "join_schedules",
     "linear",
+    "linear_schedule",
     "make_schedule",
     "named_chain",
     "piecewise_constant",
+    "piecewise_constant_schedule",
     "safe_increment",
     "scale",
     "scale_by_adam",
@@ -99,4 +110,5 @@ __all__ = [
     "to_optax",
     "trace",
     "warmup_cosine_decay",
+    "warmup_cosine_decay_schedule",
 ]

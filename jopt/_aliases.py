@@ -87,9 +87,9 @@ def adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any = None,
     *,
     nesterov: bool = False,
-    mu_dtype: Any = None,
     nu_dtype: Any = None,
 ) -> GradientTransformation:
     """Adam: ``chain(scale_by_adam(...), scale_by_learning_rate(learning_rate))``.
@@ -102,8 +102,8 @@ def adam(
 
     Args:
       learning_rate: :math:`\\eta`: a float >= 0, a jopt schedule or a callable of the step.
-      b1, b2, eps, eps_root, nesterov, mu_dtype, nu_dtype: as in :func:`scale_by_adam`
-        (defaults 0.9, 0.999, 1e-8, 0.0, False, None, None).
+      b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype: as in :func:`scale_by_adam`
+        (defaults 0.9, 0.999, 1e-8, 0.0, None, False, None). The positional order is optax's.
 
     Returns:
       A :class:`GradientTransformation`; state ``(ScaleByAdamState, ScaleByLearningRateState)``.
@@ -124,8 +124,7 @@ def adam(
     """
     name = "adam"
     tx = chain(
-        scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov, mu_dtype=mu_dtype,
-                      nu_dtype=nu_dtype),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
     )
     config: dict[str, Any] = {"learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps,
@@ -145,11 +144,11 @@ def adamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any = None,
     weight_decay: Any = 1e-4,
     mask: Any = None,
     *,
     nesterov: bool = False,
-    mu_dtype: Any = None,
     nu_dtype: Any = None,
 ) -> GradientTransformation:
     """AdamW: Adam with decoupled weight decay.
@@ -167,7 +166,8 @@ def adamw(
 
     Args:
       learning_rate: :math:`\\eta`: a float >= 0, a jopt schedule or a callable of the step.
-      b1, b2, eps, eps_root, nesterov, mu_dtype, nu_dtype: as in :func:`scale_by_adam`.
+      b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype: as in :func:`scale_by_adam`. The
+        positional order (``mu_dtype`` before ``weight_decay``) is optax's.
       weight_decay: :math:`\\lambda \\ge 0` (float, schedule or callable). Default 1e-4.
       mask: which parameters to decay (tree of bools or callable ``params -> tree``), as in
         :func:`add_decayed_weights`. Default None (all).
@@ -197,8 +197,7 @@ def adamw(
     """
     name = "adamw"
     tx = chain(
-        scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov, mu_dtype=mu_dtype,
-                      nu_dtype=nu_dtype),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

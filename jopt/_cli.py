@@ -63,6 +63,13 @@ def _number(kind, text: str, *, positive: bool):
     return value
 
 
+def _seed(text: str) -> int:
+    value = _number(int, text, positive=False)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     return _number(int, text, positive=True)
 
@@ -142,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs without validation-loss improvement before stopping")
     train.add_argument("--min-delta", type=_nonneg_float, default=1e-4,
                        help="smallest validation-loss decrease that counts as an improvement")
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--seed", type=_seed, default=0,
                        help="seed of the initial parameters and of the batch order")
     train.add_argument("--out", metavar="DIR", default=None,
                        help="output folder (default: jopt-runs/train-<YYYYmmdd-HHMMSS>)")
@@ -260,11 +267,18 @@ def _check_arrays(X: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray
             f"X and y in {source} have different lengths: {X.shape[0]} samples, "
             f"{y.shape[0]} labels"
         )
+    if X.shape[0] == 0:
+        raise CLIError(f"X in {source} has no samples (shape {X.shape})")
     if X.shape[1] == 0:
         raise CLIError(f"X in {source} has no features (shape {X.shape})")
     X = X.astype(np.float64)
     if not np.all(np.isfinite(X)):
         raise CLIError(f"X in {source} contains NaN or infinite values")
+    # The features are standardised and trained in float32: values whose squares overflow
+    # float64 or that overflow float32 cannot be (scale the data first).
+    if np.max(np.abs(X)) > 1e150:
+        raise CLIError(f"X in {source} has values too large to standardise "
+                       f"(max |x| = {np.max(np.abs(X)):.3g}; scale the data first)")
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
             raise CLIError(f"y in {source} must hold integer class labels; got non-integer values")
@@ -465,6 +479,12 @@ def _output_dir(out: str | None) -> str:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise CLIError(f"cannot create output folder {path}: {_one_line(e)}") from None
+    # Fail before training, not after, if the results could not be written.
+    for name in ("metrics.json", "curves.png"):
+        target = os.path.join(path, name)
+        if os.path.isdir(target) or not os.access(path, os.W_OK):
+            raise CLIError(f"cannot write {target} (a folder is in the way or the folder is "
+                           f"not writable)")
     return path
 
 
@@ -496,7 +516,7 @@ def _config(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
         "total_steps": total,
         "compare": args.compare,
     }
-    if args.schedule != "constant" and warmup >= total:
+    if warmup >= total:
         raise CLIError(
             f"--warmup-steps ({warmup}) must be smaller than the planned number of "
             f"steps ({total} = {args.epochs} epochs x {steps_per_epoch} steps)"
@@ -633,11 +653,12 @@ def _train(args: argparse.Namespace) -> int:
     print(f"  test accuracy:  {_fmt(test_acc)} (test loss {_fmt(test_loss)}, "
           f"{data['X_test'].shape[0]} examples)")
     if compare is not None:
-        verdict = ("same trajectory to float32 rounding"
-                   if compare["max_rel_loss_diff"] <= 1e-5 else "trajectories differ")
+        same = compare["max_rel_loss_diff"] <= 1e-5 or compare["max_scaled_loss_diff"] <= 1e-6
+        verdict = "same trajectory to float32 rounding" if same else "trajectories differ"
         print(f"  optax compare:  max relative loss difference "
               f"{compare['max_rel_loss_diff']:.3g} over {compare['steps']} steps "
-              f"(at step {compare['argmax_step']}; {verdict})")
+              f"(at step {compare['argmax_step']}; {compare['max_scaled_loss_diff']:.3g} of "
+              f"the initial loss; {verdict})")
     print(f"  wall time:      {summary['wall_time_s']:.1f} s")
     print(f"output folder: {out_dir} (metrics.json, curves.png)")
     return 0
@@ -663,14 +684,23 @@ def _compare_optax(loss_and_acc, tx, apply_updates, init_params, orders, X, y, b
     a = np.asarray(jopt_losses, np.float64)
     b = np.asarray(losses, np.float64)
     with np.errstate(all="ignore"):
-        rel = np.abs(a - b) / np.maximum(np.abs(b), np.finfo(np.float32).tiny)
+        diff = np.abs(a - b)
+        rel = diff / np.maximum(np.abs(b), np.finfo(np.float32).tiny)
+        # float32 rounding of a loss is relative to the loss, but a loss near 0 (a batch the
+        # model already fits) is a difference of tiny numbers: also report the difference
+        # relative to the run's loss scale (its first finite loss).
+        finite = b[np.isfinite(b)]
+        scale = float(np.abs(finite[0])) if finite.shape[0] else 1.0
+        scaled = np.where(np.isfinite(diff), diff / max(scale, np.finfo(np.float32).tiny), 0.0)
     both_nan = np.isnan(a) & np.isnan(b)
     same_inf = np.isinf(a) & (a == b)
     rel = np.where(both_nan | same_inf, 0.0, np.where(np.isnan(rel), np.inf, rel))
     k = int(np.argmax(rel)) if rel.shape[0] else 0
     worst = float(rel[k]) if rel.shape[0] else 0.0
     return {"library": "optax", "steps": int(b.shape[0]), "max_rel_loss_diff": worst,
-            "argmax_step": k + 1, "optax_loss": losses, "rel_loss_diff": rel.tolist()}
+            "argmax_step": k + 1, "optax_loss": losses, "rel_loss_diff": rel.tolist(),
+            "max_scaled_loss_diff": float(np.max(scaled)) if scaled.shape[0] else 0.0,
+            "loss_scale": scale}
 
 
 def _jsonable(x: Any) -> Any:

@@ -89,7 +89,9 @@ def clip_by_global_norm(max_norm: float, axis_name: Any = None) -> GradientTrans
 
     The factor is a scalar computed once (in float32, or float64 for float64 updates), so no
     full-size temporary is made; a zero norm gives a factor of 1 and ``max_norm = 0`` of a zero
-    tree gives zeros, never ``0/0``. Complex leaves contribute :math:`|g|^2`.
+    tree gives zeros, never ``0/0``. Complex leaves contribute :math:`|g|^2`. A NaN or inf
+    anywhere makes the norm non-finite and every output element NaN (as in optax), so a bad
+    gradient is never passed on partly clipped.
 
     Args:
       max_norm: :math:`c \\ge 0`, stored as a float32 state array.
@@ -123,14 +125,17 @@ def clip_by_global_norm(max_norm: float, axis_name: Any = None) -> GradientTrans
         # sqrt has an infinite derivative at 0: take it of a safe value so that
         # differentiating through the update at zero gradients stays finite.
         positive = sq > 0
-        norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+        norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), sq)
         m = state.hyperparams["max_norm"].astype(norm.dtype)
         over = norm > m
         # u -> (u / norm) * max_norm where clipping, u / 1 * 1 (exactly u) elsewhere: the
         # choice is made on the two scalars, so no full-size select or temporary is built,
-        # and the clipped values are the float32 values optax computes.
-        divisor = jnp.where(over, norm, 1.0)
-        multiplier = jnp.where(over, m, 1.0)
+        # and the clipped values are the float32 values optax computes. A non-finite norm (a
+        # NaN or inf anywhere in the tree) makes every element NaN, so a bad gradient is
+        # visible everywhere instead of passing on partly clipped.
+        finite = jnp.isfinite(norm)
+        divisor = jnp.where(over & finite, norm, 1.0)
+        multiplier = jnp.where(finite, jnp.where(over, m, 1.0), jnp.nan)
 
         def one(u):
             ct = _tree.compute_dtype(u.dtype)

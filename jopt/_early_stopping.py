@@ -339,8 +339,16 @@ def _status(fn: str, state: Any) -> np.ndarray:
 
 
 def should_stop(state: EarlyStoppingState) -> Any:
-    """Host-side: whether the run has stopped (a Python bool, or a NumPy bool array for a
-    batched/vmapped state). Reads a replicated scalar, so it works in multi-process runs.
+    """Host-side: whether the run has stopped.
+
+    Reads the (replicated) status scalar, so it works in multi-process runs. Inside compiled
+    code use the traceable :attr:`EarlyStoppingState.stopped` instead.
+
+    Args:
+      state: an :class:`EarlyStoppingState`, possibly batched by ``vmap``.
+
+    Returns:
+      A Python bool; a NumPy bool array (one per member) for a batched state.
 
     Raises:
       TreeMismatchError: if ``state`` is not an :class:`EarlyStoppingState`.
@@ -351,8 +359,14 @@ def should_stop(state: EarlyStoppingState) -> Any:
 
 
 def stop_reason(state: EarlyStoppingState) -> Any:
-    """Host-side: the status message (``"patience exhausted"``, ``"non-finite metric"``,
-    ``"running: ..."``); a list of messages for a batched state.
+    """Host-side: the status as a message.
+
+    Args:
+      state: an :class:`EarlyStoppingState`, possibly batched by ``vmap``.
+
+    Returns:
+      ``"patience exhausted"``, ``"non-finite metric"`` or ``"running: ..."`` (see
+      :class:`Status`); a list of messages (one per member) for a batched state.
 
     Raises:
       TreeMismatchError: if ``state`` is not an :class:`EarlyStoppingState`.
@@ -365,6 +379,14 @@ def stop_reason(state: EarlyStoppingState) -> Any:
 
 def best_params(state: EarlyStoppingState) -> Any:
     """The best parameters kept by ``keep_best=True``.
+
+    Args:
+      state: an :class:`EarlyStoppingState` built with ``keep_best=True``.
+
+    Returns:
+      The copy of the parameters from the call with the best metric (the parameters given to
+      ``init`` if no finite metric was seen): same tree, shapes and sharding as the parameters,
+      dtype ``best_dtype`` or the parameters'.
 
     Raises:
       InvalidHyperparameterError: if the state keeps no copy (``keep_best=False``).

@@ -190,6 +190,27 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
             else:
                 dtype = getattr(old, "dtype", np.float32)
                 hp[name] = jnp.asarray(new).astype(dtype)
+        for name in per_holder[p]:
+            hp[name] = _place_as(hp[name], node.hyperparams[name])
         return node._replace(hyperparams=hp)
 
     return jax.tree_util.tree_map_with_path(replace, state, is_leaf=_is_holder)
+
+
+def _place_as(new: Any, old: Any) -> Any:
+    """Puts the leaves of a new value where the old value's leaves were (replicated on the same
+    mesh), so that a jitted step sees the same input shardings and does not recompile."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    ref = next((x for x in jax.tree_util.tree_leaves(old)
+                if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)), None)
+    if ref is None or not isinstance(ref.sharding, NamedSharding):
+        return new
+    target = NamedSharding(ref.sharding.mesh, PartitionSpec())
+
+    def put(x):
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+            return jax.device_put(x, target)
+        return x
+
+    return jax.tree_util.tree_map(put, new)

@@ -137,7 +137,22 @@ def _one_minus_power(c: jax.Array, t: jax.Array) -> jax.Array:
     """
     b = 1.0 - c
     # b ** t with an int32 exponent (lax.pow(float, int)), as optax evaluates it.
-    return 1.0 - jax.lax.pow(b, t.astype(jnp.int32))
+    return 1.0 - _int_pow(b, t.astype(jnp.int32))
+
+
+@jax.custom_jvp
+def _int_pow(b: jax.Array, n: jax.Array) -> jax.Array:
+    """``b ** n`` for an int32 ``n >= 1``, with a derivative in ``b`` that is clean under strict
+    dtype promotion (JAX's own rule for ``lax.pow`` mixes the int exponent with floats)."""
+    return jax.lax.pow(b, n)
+
+
+@_int_pow.defjvp
+def _int_pow_jvp(primals, tangents):
+    b, n = primals
+    db, _ = tangents
+    # n >= 1 here (the counter is incremented before use), so b ** (n - 1) is finite at b = 0.
+    return jax.lax.pow(b, n), n.astype(b.dtype) * jax.lax.pow(b, n - 1) * db
 
 
 def _complement(value: Any) -> jax.Array:
@@ -188,9 +203,9 @@ def scale_by_adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any = None,
     *,
     nesterov: bool = False,
-    mu_dtype: Any = None,
     nu_dtype: Any = None,
 ) -> GradientTransformation:
     """Rescales updates by Adam's bias-corrected moment estimates.

@@ -27,8 +27,11 @@ def as_float(transformation: str, name: str, value: Any) -> float | None:
         return None
     if isinstance(value, (np.ndarray, jax.Array, np.generic)):
         arr = np.asarray(value)
-        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        # jnp.issubdtype knows bfloat16 (NumPy does not count it as a number).
+        if not (jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)):
             raise InvalidHyperparameterError(transformation, name, value, "a real number")
+        arr = arr.astype(np.float64) if arr.dtype.kind == "V" or str(arr.dtype) == "bfloat16" \
+            else arr
         if arr.ndim != 0:
             # Arrays of hyperparameters are checked elementwise by check_real.
             return None

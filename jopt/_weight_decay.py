@@ -34,13 +34,24 @@ def _resolve_mask(name: str, mask: Any, params: Any) -> Any:
     _tree.check_match(
         name, params, tree, expected_name="the parameters", got_name="mask", shapes=False
     )
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if not isinstance(leaf, (bool, np.bool_)):
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    out = []
+    for path, leaf in leaves:
+        if not _is_static_bool(leaf):
             raise TreeMismatchError(
-                name, "mask leaves must be Python bools", jax.tree_util.keystr(path),
-                "True or False", repr(leaf),
+                name, "mask leaves must be booleans known at trace time",
+                jax.tree_util.keystr(path), "True or False (Python, NumPy or a concrete 0-d array)",
+                repr(leaf),
             )
-    return tree
+        out.append(bool(leaf))
+    return treedef.unflatten(out)
+
+
+def _is_static_bool(leaf: Any) -> bool:
+    if isinstance(leaf, (bool, np.bool_)):
+        return True
+    return (isinstance(leaf, (np.ndarray, jax.Array)) and not isinstance(leaf, jax.core.Tracer)
+            and np.ndim(leaf) == 0 and np.asarray(leaf).dtype == np.bool_)
 
 
 def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> GradientTransformation:
@@ -78,7 +89,7 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> GradientTr
     wd0 = as_schedule_or_scalar(name, "weight_decay", weight_decay, lo=0)
     if mask is not None and not callable(mask):
         leaves = jax.tree_util.tree_leaves(mask)
-        if not all(isinstance(x, (bool, np.bool_)) for x in leaves):
+        if not all(_is_static_bool(x) for x in leaves):
             raise InvalidHyperparameterError(
                 name, "mask", mask, "None, a tree of Python bools or a callable params -> tree"
             )

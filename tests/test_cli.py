@@ -188,6 +188,8 @@ def _npz(path, **arrays):
     ("y_2d", "y in {path} must be 1-D"),
     ("float_labels", "must hold integer class labels"),
     ("not_npz", "is not an .npz archive"),
+    ("no_samples", "has no samples"),
+    ("overflowing_values", "values too large to standardise"),
 ])
 def test_bad_data_file(case, message, tmp_path, capsys):
     rng = np.random.default_rng(0)
@@ -209,6 +211,10 @@ def test_bad_data_file(case, message, tmp_path, capsys):
         path = _npz(p, X=X, y=y.reshape(30, 1) * np.ones((1, 2), int))
     elif case == "float_labels":
         path = _npz(p, X=X, y=y + 0.5)
+    elif case == "no_samples":
+        path = _npz(p, X=np.zeros((0, 4)), y=np.zeros((0,), int))
+    elif case == "overflowing_values":
+        path = _npz(p, X=X * 1e300, y=y)
     else:
         p.write_text("X,y\n1,2\n")
         path = str(p)
@@ -255,3 +261,14 @@ def test_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
     assert main(["train", "--dataset", "wine", "--epochs", "2", "--out", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
     assert "train:" in err and "loss=" in err and "acc=" in err
+
+
+def test_bad_seed_and_blocked_output_fail_before_training(tmp_path, capsys):
+    for seed in ("-1", str(2**64)):
+        assert main(["train", "--seed", seed]) == 2
+        assert "--seed" in _error_line(capsys)
+    blocked = tmp_path / "blocked"
+    (blocked / "curves.png").mkdir(parents=True)
+    assert main(["train", "--out", str(blocked)]) == 2
+    assert "cannot write" in _error_line(capsys)
+    assert not (blocked / "metrics.json").exists()

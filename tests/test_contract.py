@@ -403,3 +403,50 @@ def test_sharded_state_does_not_recompile_second_step():
     assert len(traces) == 1
     for a, b in zip(leaves0, jax.tree_util.tree_leaves(state)):
         assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
+
+
+def test_set_hyperparams_on_sharded_state_does_not_recompile():
+    mesh = Mesh(np.array(jax.devices()), ("x",))
+    params = {"w": jax.device_put(jnp.ones((16, 4)), NamedSharding(mesh, P("x")))}
+    tx = jopt.chain(jopt.clip_by_global_norm(1.0), jopt.adamw(jopt.cosine_decay(1e-2, 10)))
+    traces = []
+
+    @jax.jit
+    def step(p, s):
+        traces.append(1)
+        u, s = tx.update(jax.tree_util.tree_map(lambda x: x * 0.5, p), s, p)
+        return jopt.apply_updates(p, u), s
+
+    state = tx.init(params)
+    params, state = step(params, state)
+    for kw in ({"weight_decay": 1e-3}, {"b1": 0.8}, {"eps": 1e-6}, {"max_norm": 2.0},
+               {"learning_rate": jopt.cosine_decay(5e-3, 10)}):
+        state = jopt.set_hyperparams(state, **kw)
+        params, state = step(params, state)
+    assert len(traces) == 1
+
+
+def test_meta_gradient_wrt_hyperparameters_is_finite():
+    # Differentiating the loss after an update with respect to b1, b2 and the learning rate
+    # (meta-learning of hyperparameters), also at b1 = 0 and zero gradients.
+    tx = jopt.adam(1e-2, eps_root=1e-16)
+    params = make_params()
+    state = tx.init(params)
+
+    def after(hp, grads):
+        s = jopt.set_hyperparams(state, b1=hp[0], b2=hp[1], learning_rate=hp[2])
+        u, _ = tx.update(grads, s, params)
+        new = jopt.apply_updates(params, u)
+        return sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(new))
+
+    for hp in (jnp.asarray([0.9, 0.999, 1e-2]), jnp.asarray([0.0, 0.99, 1e-2])):
+        for grads in (_grads(params), jax.tree_util.tree_map(jnp.zeros_like, params)):
+            g = jax.jit(jax.grad(after))(hp, grads)
+            assert bool(jnp.all(jnp.isfinite(g))), (hp, g)
+
+
+def test_non_finite_gradients_poison_clip_everywhere():
+    tx = jopt.clip_by_global_norm(1.0)
+    for bad in (jnp.nan, jnp.inf):
+        u, _ = tx.update({"a": jnp.asarray([bad, 1e6]), "b": jnp.ones(2)}, tx.init(None))
+        assert all(bool(jnp.all(jnp.isnan(x))) for x in jax.tree_util.tree_leaves(u))

@@ -142,3 +142,25 @@ def test_chain_passes_named_extra_args_to_links_without_kwargs():
     params = {"w": jnp.ones(2)}
     u, _ = tx.update(params, tx.init(params), params, value=jnp.float32(4.0), other=1)
     np.testing.assert_allclose(np.asarray(u["w"]), 4.0)
+
+
+@standard
+def test_optax_spellings_and_positional_order():
+    # Code written for optax reads the same with jopt: schedule names and argument order.
+    assert jopt.adamw(1e-3, 0.9, 0.999, 1e-8, 0.0, None, 1e-2) == jopt.adamw(1e-3, weight_decay=1e-2)
+    assert jopt.adam(1e-3, 0.9, 0.999, 1e-8, 0.0, "bfloat16") == jopt.adam(1e-3, mu_dtype="bfloat16")
+    pairs = [
+        (jopt.linear_schedule(1.0, 0.0, 10), optax.linear_schedule(1.0, 0.0, 10)),
+        (jopt.cosine_decay_schedule(1.0, 10, 0.1), optax.cosine_decay_schedule(1.0, 10, 0.1)),
+        (jopt.warmup_cosine_decay_schedule(0.0, 1.0, 5, 20),
+         optax.warmup_cosine_decay_schedule(0.0, 1.0, 5, 20)),
+        (jopt.constant_schedule(0.3), optax.constant_schedule(0.3)),
+        (jopt.piecewise_constant_schedule(1.0, {5: 0.1, 10: 0.5}),
+         optax.piecewise_constant_schedule(1.0, {5: 0.1, 10: 0.5})),
+        (jopt.join_schedules([jopt.constant_schedule(1.0), jopt.linear_schedule(1.0, 0.0, 5)], [3]),
+         optax.join_schedules([optax.constant_schedule(1.0), optax.linear_schedule(1.0, 0.0, 5)], [3])),
+    ]
+    for ours, theirs in pairs:
+        for t in range(25):
+            # Eagerly both evaluate the same float32 arithmetic (see jopt._schedules._ramp).
+            np.testing.assert_allclose(float(ours(t)), float(theirs(t)), rtol=1e-6, atol=1e-7)
