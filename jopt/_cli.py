@@ -329,67 +329,42 @@ def load_data(args: argparse.Namespace, sklearn: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------- optimizers
 
 
-def make_jopt_optimizer(cfg: dict[str, Any]):
-    """The jopt optimizer of a run: ``chain(clip_by_global_norm, <optimizer>(schedule))``.
+def make_optimizer(lib: Any, cfg: dict[str, Any]):
+    """The optimizer of a run, ``chain(clip_by_global_norm, <optimizer>(schedule))``.
+
+    Written once against the names jopt shares with optax (``warmup_cosine_decay_schedule``,
+    ``linear_schedule``, ``join_schedules``, ``adamw(..., weight_decay=)``, ...), so the same
+    recipe builds the jopt run and, for ``--compare optax``, its optax replay.
 
     Args:
+      lib: the ``jopt`` or ``optax`` module.
       cfg: the run configuration (keys of :func:`_config`).
 
     Returns:
-      ``(tx, schedule)``.
+      The gradient transformation.
     """
-    import jopt
-
     lr, warm, total = cfg["learning_rate"], cfg["warmup_steps"], cfg["total_steps"]
     name = cfg["schedule"]
     if name == "warmup_cosine":
         # decay_steps counts the warm-up too, so the cosine ends on the last planned step.
-        schedule = jopt.warmup_cosine_decay(0.0, lr, warm, total, end_value=0.0)
+        schedule = lib.warmup_cosine_decay_schedule(0.0, lr, warm, total, end_value=0.0)
     else:
         rest = total - warm
         if name == "constant":
-            main = jopt.constant(lr)
+            main = lib.constant_schedule(lr)
         elif name == "linear":
-            main = jopt.linear(lr, 0.0, rest)
+            main = lib.linear_schedule(lr, 0.0, rest)
         else:
-            main = jopt.exponential_decay(lr, rest, EXPONENTIAL_FINAL_FRACTION)
-        schedule = main if warm == 0 else jopt.join([jopt.linear(0.0, lr, warm), main], [warm])
+            main = lib.exponential_decay(lr, rest, EXPONENTIAL_FINAL_FRACTION)
+        schedule = main if warm == 0 else lib.join_schedules(
+            [lib.linear_schedule(0.0, lr, warm), main], [warm])
     if cfg["optimizer"] == "adamw":
-        opt = jopt.adamw(schedule, weight_decay=cfg["weight_decay"])
+        opt = lib.adamw(schedule, weight_decay=cfg["weight_decay"])
     elif cfg["optimizer"] == "adam":
-        opt = jopt.adam(schedule)
+        opt = lib.adam(schedule)
     else:
-        opt = jopt.sgd(schedule, momentum=SGD_MOMENTUM)
-    return jopt.chain(jopt.clip_by_global_norm(cfg["clip_norm"]), opt), schedule
-
-
-def make_optax_optimizer(cfg: dict[str, Any]):
-    """The optax equivalent of :func:`make_jopt_optimizer` (same chain, same schedule)."""
-    try:
-        import optax
-    except ImportError:
-        raise CLIError("--compare optax needs optax: pip install optax") from None
-    lr, warm, total = cfg["learning_rate"], cfg["warmup_steps"], cfg["total_steps"]
-    name = cfg["schedule"]
-    if name == "warmup_cosine":
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warm, total, end_value=0.0)
-    else:
-        rest = total - warm
-        if name == "constant":
-            main = optax.constant_schedule(lr)
-        elif name == "linear":
-            main = optax.linear_schedule(lr, 0.0, rest)
-        else:
-            main = optax.exponential_decay(lr, rest, EXPONENTIAL_FINAL_FRACTION)
-        schedule = main if warm == 0 else optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, warm), main], [warm])
-    if cfg["optimizer"] == "adamw":
-        opt = optax.adamw(schedule, weight_decay=cfg["weight_decay"])
-    elif cfg["optimizer"] == "adam":
-        opt = optax.adam(schedule)
-    else:
-        opt = optax.sgd(schedule, momentum=SGD_MOMENTUM)
-    return optax.chain(optax.clip_by_global_norm(cfg["clip_norm"]), opt), optax.apply_updates
+        opt = lib.sgd(schedule, momentum=SGD_MOMENTUM)
+    return lib.chain(lib.clip_by_global_norm(cfg["clip_norm"]), opt)
 
 
 # ------------------------------------------------------------------------------ training
@@ -538,13 +513,17 @@ def _train(args: argparse.Namespace) -> int:
     import jopt
 
     try:
-        tx, _ = make_jopt_optimizer(cfg)
+        tx = make_optimizer(jopt, cfg)
         stopper = jopt.early_stopping(mode="min", min_delta=cfg["min_delta"],
                                       patience=cfg["patience"], keep_best=True)
     except jopt.errors.JoptError as e:
         raise CLIError(_one_line(e)) from None
     if args.compare == "optax":
-        tx_optax, optax_apply = make_optax_optimizer(cfg)
+        try:
+            import optax
+        except ImportError:
+            raise CLIError("--compare optax needs optax: pip install optax") from None
+        tx_optax, optax_apply = make_optimizer(optax, cfg), optax.apply_updates
 
     graphdef, init_params = _make_model(nnx, data["n_features"], data["n_classes"], args.seed)
     loss_and_acc, evaluate = _make_functions(nnx, graphdef)
