@@ -241,7 +241,7 @@ def is_gradient_transformation(obj: Any) -> bool:
 
 
 class EmptyState(NamedTuple):
-    pass
+    """The state of a transformation that keeps nothing (no leaves)."""
 
 
 def identity() -> GradientTransformation:
