@@ -19,22 +19,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt._base import safe_increment
+from jopt import _plateau
 from jopt._tree import check_match, place_like
-from jopt._validate import as_state_scalar, check_dtype_option, check_real
-from jopt.errors import InvalidHyperparameterError, InvalidMetricError, TreeMismatchError
+from jopt._validate import check_dtype_option
+from jopt.errors import InvalidHyperparameterError, TreeMismatchError
 
 
 class Status(enum.IntEnum):
-    """Status codes kept (as int32) in :class:`EarlyStoppingState`; each carries a message.
-
-    Codes >= ``STOPPED_PATIENCE`` mean the run has stopped. New codes are only ever appended.
-    """
+    """Status codes kept (as int32) in the early-stopping and plateau states; each carries a
+    message. Codes are only ever appended (checkpoints store them)."""
 
     RUNNING = 0
     IMPROVED = 1
     STOPPED_PATIENCE = 2
     STOPPED_NON_FINITE = 3
+    STOPPED_GOAL = 4
+    STOPPED_DIVERGED = 5
+    WARMUP = 6
+    COOLDOWN = 7
+    REDUCED = 8
 
     @property
     def message(self) -> str:
@@ -42,7 +45,7 @@ class Status(enum.IntEnum):
 
     @property
     def stopped(self) -> bool:
-        return self >= Status.STOPPED_PATIENCE
+        return Status.STOPPED_PATIENCE <= self <= Status.STOPPED_DIVERGED
 
 
 _MESSAGES = {
@@ -50,22 +53,34 @@ _MESSAGES = {
     Status.IMPROVED: "running: the last update improved the metric",
     Status.STOPPED_PATIENCE: "patience exhausted",
     Status.STOPPED_NON_FINITE: "non-finite metric",
+    Status.STOPPED_GOAL: "goal reached (stopping_threshold)",
+    Status.STOPPED_DIVERGED: "diverged (divergence_threshold)",
+    Status.WARMUP: "running: warming up (before start_step)",
+    Status.COOLDOWN: "running: cooling down after a reduction",
+    Status.REDUCED: "running: the last update reduced the learning rate",
 }
+
+
+def is_stopped(status: jax.Array) -> jax.Array:
+    """Traceable: whether a status code (array) means stopped."""
+    return (status >= int(Status.STOPPED_PATIENCE)) & (status <= int(Status.STOPPED_DIVERGED))
 
 
 class EarlyStoppingState(NamedTuple):
     """State of :func:`early_stopping`; every leaf is an array.
 
     Attributes:
-      step: int32 scalar, number of metrics seen while running (calls to ``update`` before
-        the stop, the stopping call included).
-      best_value: float32 scalar, best metric so far (``+inf`` for mode min, ``-inf`` for max
-        before the first finite metric).
+      step: int32 scalar, calls to ``update`` while running (the stopping call included).
+      best_value: float32 scalar, best metric so far (the ``baseline``, or +-inf, before).
       best_step: int32 scalar, 0-based index of the call that gave ``best_value``; -1 if none.
       wait: int32 scalar, consecutive non-improving calls.
+      cooldown_count: int32 scalar, calls left in cooldown (always 0 for early stopping,
+        whose action ends the run; kept so both users of the plateau core share a layout).
       status: int32 scalar, a :class:`Status` code.
-      hyperparams: ``{"min_delta": float32, "patience": int32}``: data, can differ per member
-        of a vmapped population and be changed without recompiling.
+      hyperparams: ``min_delta``, ``baseline``, ``stopping_threshold``,
+        ``divergence_threshold`` (float32) and ``patience``, ``cooldown``, ``start_step``
+        (int32): data, so they can differ per member of a vmapped population and change
+        without recompiling (:func:`jopt.set_hyperparams`).
       best_params: with ``keep_best``, a copy of the parameters at ``best_step`` (same tree,
         shapes and sharding; dtype ``best_dtype`` or the parameters'); else ``None``.
     """
@@ -74,6 +89,7 @@ class EarlyStoppingState(NamedTuple):
     best_value: jax.Array
     best_step: jax.Array
     wait: jax.Array
+    cooldown_count: jax.Array
     status: jax.Array
     hyperparams: dict[str, jax.Array]
     best_params: Any = None
@@ -83,7 +99,10 @@ class EarlyStoppingState(NamedTuple):
         """Whether the run has stopped, as a bool array: traceable, so usable inside ``jit``
         and as a ``lax.while_loop`` condition (batched under ``vmap``). The host-side
         :func:`should_stop` returns the same as a Python bool."""
-        return self.status >= int(Status.STOPPED_PATIENCE)
+        return is_stopped(self.status)
+
+
+_FIELDS = ("step", "best_value", "best_step", "wait", "cooldown_count")
 
 
 class EarlyStopping:
@@ -93,17 +112,15 @@ class EarlyStopping:
     are pure functions. Instances with equal configuration compare and hash equal.
     """
 
-    def __init__(self, mode, min_delta, min_delta_mode, patience, keep_best, best_dtype):
-        self.mode = mode
-        self.min_delta = min_delta
-        self.min_delta_mode = min_delta_mode
-        self.patience = patience
-        self.keep_best = keep_best
-        self.best_dtype = best_dtype
+    def __init__(self, **config):
+        self._config = config
+        for k, v in config.items():
+            setattr(self, k, v)
 
     def _key(self):
-        return (self.mode, float(self.min_delta), self.min_delta_mode, int(self.patience),
-                self.keep_best, None if self.best_dtype is None else str(self.best_dtype))
+        from jopt._base import _config_key
+
+        return _config_key(self._config)
 
     def __eq__(self, other):
         return isinstance(other, EarlyStopping) and self._key() == other._key()
@@ -112,12 +129,10 @@ class EarlyStopping:
         return hash(self._key())
 
     def __repr__(self):
-        best = "None" if self.best_dtype is None else repr(np.dtype(self.best_dtype).name)
-        return (
-            f"early_stopping(mode={self.mode!r}, min_delta={self.min_delta!r}, "
-            f"min_delta_mode={self.min_delta_mode!r}, patience={self.patience!r}, "
-            f"keep_best={self.keep_best!r}, best_dtype={best})"
-        )
+        from jopt._base import _format_value
+
+        args = ", ".join(f"{k}={_format_value(v)}" for k, v in self._config.items())
+        return f"early_stopping({args})"
 
     def init(self, params: Any = None) -> EarlyStoppingState:
         """The initial state (nothing seen yet).
@@ -125,6 +140,9 @@ class EarlyStopping:
         Args:
           params: the parameters; required with ``keep_best=True`` (their copy is the
             state's ``best_params``), else ignored.
+
+        Returns:
+          An :class:`EarlyStoppingState` with status ``RUNNING``.
 
         Raises:
           InvalidHyperparameterError: if ``keep_best=True`` and ``params`` is None.
@@ -139,17 +157,16 @@ class EarlyStopping:
             best = jax.tree_util.tree_map(
                 lambda p: jnp.asarray(p).astype(self.best_dtype or jnp.asarray(p).dtype), params
             )
-        inf = jnp.inf if self.mode == "min" else -jnp.inf
+        hp = _plateau.hyperparams(
+            self.mode, min_delta=self.min_delta, patience=self.patience,
+            start_step=self.start_step, baseline=self.baseline,
+            stopping_threshold=self.stopping_threshold,
+            divergence_threshold=self.divergence_threshold,
+        )
         state = EarlyStoppingState(
-            step=jnp.zeros([], jnp.int32),
-            best_value=jnp.asarray(inf, jnp.float32),
-            best_step=jnp.asarray(-1, jnp.int32),
-            wait=jnp.zeros([], jnp.int32),
+            **_plateau.initial_fields(hp),
             status=jnp.asarray(int(Status.RUNNING), jnp.int32),
-            hyperparams={
-                "min_delta": as_state_scalar(self.min_delta),
-                "patience": jnp.asarray(self.patience, jnp.int32),
-            },
+            hyperparams=hp,
             best_params=best,
         )
         return place_like(params, state) if params is not None else state
@@ -177,26 +194,7 @@ class EarlyStopping:
                 "early_stopping", "the state is not the one init builds", "",
                 "EarlyStoppingState", type(state).__name__,
             )
-        if not isinstance(metric, (int, float, np.generic, np.ndarray, jax.Array)) or isinstance(
-                metric, (bool, np.bool_)):
-            raise InvalidMetricError(
-                f"early_stopping: the metric must be a real scalar; got {metric!r}."
-            )
-        try:
-            if isinstance(metric, (int, float)):
-                metric = float(metric)  # Python ints of any size compare as floats
-            metric = jnp.asarray(metric)
-        except (TypeError, ValueError, OverflowError):
-            raise InvalidMetricError(
-                f"early_stopping: the metric must be a real scalar; got {metric!r}."
-            ) from None
-        if metric.ndim != 0 or not (
-            jnp.issubdtype(metric.dtype, jnp.floating) or jnp.issubdtype(metric.dtype, jnp.integer)
-        ):
-            raise InvalidMetricError(
-                f"early_stopping: the metric must be a real scalar; got an array of "
-                f"shape {metric.shape} and dtype {metric.dtype}."
-            )
+        metric = _plateau.as_metric("early_stopping", metric)
         if self.keep_best:
             if params is None:
                 raise TreeMismatchError(
@@ -206,48 +204,30 @@ class EarlyStopping:
             check_match("early_stopping", state.best_params, params,
                         expected_name="the parameters init saw", got_name="params")
 
-        m = metric.astype(jnp.float32)
-        hp = state.hyperparams
-        stopped_before = state.stopped
-        finite = jnp.isfinite(m)
-        has_best = state.best_step >= 0
-        best = state.best_value
-        delta = hp["min_delta"].astype(jnp.float32)
-        if self.min_delta_mode == "rel":
-            # A margin relative to |best|; with no best yet (best = +-inf) it is not used.
-            delta = delta * jnp.abs(jnp.where(has_best, best, 0.0))
-        if self.mode == "min":
-            beats = m < best - delta
-        else:
-            beats = m > best + delta
-        improved = finite & (~has_best | beats)
-        wait = jnp.where(improved, 0, safe_increment(state.wait))
-        status = jnp.where(
-            ~finite,
-            int(Status.STOPPED_NON_FINITE),
-            jnp.where(
-                improved,
-                int(Status.IMPROVED),
-                jnp.where(wait >= hp["patience"], int(Status.STOPPED_PATIENCE),
-                          int(Status.RUNNING)),
-            ),
+        fields = {k: getattr(state, k) for k in _FIELDS}
+        new, f = _plateau.decide(self.mode, self.min_delta_mode, self.check_finite,
+                                 state.hyperparams, fields, metric, self.axis_name)
+        # Precedence: non-finite, goal, divergence, patience (Lightning's order).
+        status = jnp.select(
+            [f["non_finite"], f["goal"], f["diverged"], f["plateau"], f["improved"], f["warm"]],
+            [int(Status.STOPPED_NON_FINITE), int(Status.STOPPED_GOAL),
+             int(Status.STOPPED_DIVERGED), int(Status.STOPPED_PATIENCE), int(Status.IMPROVED),
+             int(Status.WARMUP)],
+            int(Status.RUNNING),
         ).astype(jnp.int32)
-
-        live = ~stopped_before
-        take = live & improved
+        live = ~state.stopped
+        take = live & f["improved"]
         new_best_params = state.best_params
         if self.keep_best:
             new_best_params = jax.tree_util.tree_map(
                 lambda b, p: jnp.where(take, jnp.asarray(p).astype(b.dtype), b),
                 state.best_params, params,
             )
+        kept = {k: jnp.where(live, new[k], fields[k]) for k in _FIELDS}
         return EarlyStoppingState(
-            step=jnp.where(live, safe_increment(state.step), state.step),
-            best_value=jnp.where(take, m, best),
-            best_step=jnp.where(take, state.step, state.best_step),
-            wait=jnp.where(live, wait, state.wait).astype(jnp.int32),
+            **kept,
             status=jnp.where(live, status, state.status),
-            hyperparams=hp,
+            hyperparams=state.hyperparams,
             best_params=new_best_params,
         )
 
@@ -258,25 +238,37 @@ def early_stopping(
     min_delta_mode: str = "abs",
     patience: int = 0,
     *,
+    start_step: int = 0,
+    baseline: float | None = None,
+    stopping_threshold: float | None = None,
+    divergence_threshold: float | None = None,
+    check_finite: bool = True,
     keep_best: bool = False,
     best_dtype: Any = None,
+    axis_name: Any = None,
 ) -> EarlyStopping:
-    """Early stopping on a monitored metric, as a jit-able state machine.
+    r"""Early stopping on a monitored metric, as a jit-able state machine.
 
-    On each call with a metric :math:`x` (the k-th call, 0-based):
+    On each call with a metric :math:`x` (the k-th call, 0-based), with :math:`b` the best
+    value so far (initially ``baseline``, else :math:`\pm\infty`):
 
-    * *improvement*: :math:`x` is finite and either nothing was seen yet, or
-      :math:`x < b - \\delta` (mode ``"min"``) / :math:`x > b + \\delta` (mode ``"max"``),
-      where :math:`b` is the best value so far and :math:`\\delta` is ``min_delta``
+    * calls with ``k < start_step`` are a warm-up: not tracked, no decision (a non-finite
+      metric still stops the run);
+    * *improvement*: :math:`x` finite and :math:`x < b - \delta` (mode ``"min"``) or
+      :math:`x > b + \delta` (mode ``"max"``), with :math:`\delta` = ``min_delta``
       (``min_delta_mode="abs"``) or ``min_delta * |b|`` (``"rel"``; correct for negative
-      metrics too). An improvement records :math:`b = x`, the step, resets the wait count
-      and (with ``keep_best``) copies the parameters.
-    * otherwise the wait count grows by one; the run stops with reason "patience exhausted"
-      when it reaches ``patience`` (so with ``patience = p`` the stop comes on exactly the
-      ``p``-th consecutive non-improving call; ``p = 0`` and ``p = 1`` both stop on the first,
-      as in Keras and Lightning).
-    * a NaN or infinite metric is never an improvement, also on the first call, and stops the
-      run at once with reason "non-finite metric".
+      metrics too). It records :math:`b = x` and the step, resets the wait count and (with
+      ``keep_best``) copies the parameters;
+    * otherwise the wait count grows by one and the run stops with "patience exhausted" when
+      it reaches ``patience`` (patience ``p`` stops on exactly the ``p``-th consecutive
+      non-improving call; ``p = 0`` and ``p = 1`` both stop on the first, as in Keras and
+      Lightning);
+    * the run also stops at once with "goal reached" when :math:`x` is better than
+      ``stopping_threshold``, with "diverged" when it is worse than ``divergence_threshold``
+      (strict comparisons), and with "non-finite metric" when :math:`x` is NaN or infinite
+      (``check_finite``; such a value is never an improvement, also on the first call).
+      Precedence: non-finite, goal, divergence, patience. A goal-reaching value that also
+      improves is recorded as the best.
 
     Once stopped, ``update`` leaves the state unchanged.
 
@@ -287,50 +279,59 @@ def early_stopping(
       min_delta_mode: ``"abs"`` or ``"rel"`` (a fraction of ``|best|``). Default ``"abs"``.
       patience: consecutive non-improving calls that stop the run, an integer >= 0.
         Default 0 (Keras's default).
+      start_step: calls ignored at the start (warm-up), an integer >= 0. Default 0.
+      baseline: a value the metric must beat to count as improving; None (default) for none.
+      stopping_threshold: stop as soon as the metric is better than this; default None.
+      divergence_threshold: stop as soon as the metric is worse than this; default None.
+      check_finite: stop on a NaN or infinite metric. Default True (with False such a
+        metric simply never improves).
       keep_best: keep an on-device copy of the best parameters in the state (needs
         ``params`` in ``init`` and ``update``). Default False.
       best_dtype: storage dtype of that copy (e.g. ``"bfloat16"`` to halve its memory);
         default the parameters' dtypes.
+      axis_name: a mapped axis (``pmap``/``shard_map``) over which the metric is averaged
+        before deciding, so every replica takes the same decision. Default None.
+
+    Every numeric option is data in the state (``state.hyperparams``): it can differ per
+    member of a vmapped population and be changed with :func:`jopt.set_hyperparams` without
+    recompiling. Units: all counts are calls to ``update`` (epochs or evaluation rounds),
+    never optimizer steps.
 
     Returns:
       An :class:`EarlyStopping` with ``init`` and ``update``. Read results with
-      :func:`should_stop`, :func:`stop_reason` and :func:`best_params`.
+      :func:`should_stop`, :func:`stop_reason`, :func:`best_params` or, inside compiled code,
+      ``state.stopped``.
 
     Raises:
       InvalidHyperparameterError: for an unknown ``mode`` or ``min_delta_mode``, a negative
-        ``min_delta`` or ``patience``, or a non-integer ``patience``.
-
-    Examples:
-      >>> import jopt
-      >>> stopper = jopt.early_stopping(mode="min", patience=2)
-      >>> state = stopper.init()
-      >>> for loss in [1.0, 0.8, 0.85, 0.9, 0.7]:
-      ...     state = stopper.update(state, loss)
-      ...     if jopt.should_stop(state):
-      ...         break
-      >>> jopt.stop_reason(state), float(state.best_value), int(state.best_step)
-      ('patience exhausted', 0.800000011920929, 1)
+        ``min_delta``, ``patience`` or ``start_step``, a non-integer count, non-finite
+        thresholds, or a ``stopping_threshold`` that is not better than
+        ``divergence_threshold``.
 
     References:
       Prechelt, `Early Stopping - But When? <https://doi.org/10.1007/3-540-49430-8_3>`_,
-      1998. Semantics of ``patience``/``min_delta``/``mode`` follow Keras's ``EarlyStopping``
-      and Lightning's ``EarlyStopping``.
+      1998. Options follow Keras's ``EarlyStopping`` (``patience``, ``min_delta``,
+      ``baseline``, ``start_from_epoch``) and Lightning's (``stopping_threshold``,
+      ``divergence_threshold``, ``check_finite``).
     """
     name = "early_stopping"
-    if mode not in ("min", "max"):
-        raise InvalidHyperparameterError(name, "mode", mode, "'min' or 'max'")
-    if min_delta_mode not in ("abs", "rel"):
-        raise InvalidHyperparameterError(name, "min_delta_mode", min_delta_mode, "'abs' or 'rel'")
-    check_real(name, "min_delta", min_delta, lo=0)
-    check_real(name, "patience", patience, lo=0, integer=True)
+    _plateau.validate(name, mode=mode, min_delta=min_delta, min_delta_mode=min_delta_mode,
+                      patience=patience, start_step=start_step, baseline=baseline,
+                      stopping_threshold=stopping_threshold,
+                      divergence_threshold=divergence_threshold, check_finite=check_finite)
     if not isinstance(keep_best, (bool, np.bool_)):
         raise InvalidHyperparameterError(name, "keep_best", keep_best, "a bool")
     best_dt = check_dtype_option(name, "best_dtype", best_dtype)
-    return EarlyStopping(mode, min_delta, min_delta_mode, int(patience), bool(keep_best), best_dt)
+    config = dict(mode=mode, min_delta=min_delta, min_delta_mode=min_delta_mode,
+                  patience=int(patience), start_step=int(start_step), baseline=baseline,
+                  stopping_threshold=stopping_threshold,
+                  divergence_threshold=divergence_threshold, check_finite=bool(check_finite),
+                  keep_best=bool(keep_best), best_dtype=best_dt, axis_name=axis_name)
+    return EarlyStopping(**config)
 
 
 def _status(fn: str, state: Any) -> np.ndarray:
-    if not isinstance(state, EarlyStoppingState):
+    if not hasattr(state, "status") or not isinstance(state, tuple):
         raise TreeMismatchError(
             fn, "the argument is not an early-stopping state", "", "EarlyStoppingState",
             type(state).__name__,
@@ -354,7 +355,7 @@ def should_stop(state: EarlyStoppingState) -> Any:
       TreeMismatchError: if ``state`` is not an :class:`EarlyStoppingState`.
     """
     status = _status("should_stop", state)
-    stopped = status >= int(Status.STOPPED_PATIENCE)
+    stopped = (status >= int(Status.STOPPED_PATIENCE)) & (status <= int(Status.STOPPED_DIVERGED))
     return bool(stopped) if stopped.ndim == 0 else stopped
 
 

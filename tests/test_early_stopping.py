@@ -143,8 +143,7 @@ def test_vmap_population_with_per_member_options():
     min_delta = jnp.asarray([0.0, 0.0, 0.02, 0.02], jnp.float32)
 
     def init(p, d):
-        s = es.init()
-        return s._replace(hyperparams={"min_delta": d, "patience": p})
+        return jopt.set_hyperparams(es.init(), patience=p, min_delta=d)
 
     states = jax.vmap(init)(patience, min_delta)
     step = jax.jit(jax.vmap(es.update, in_axes=(0, None)))

@@ -1,0 +1,191 @@
+"""The plateau-tracking core shared by early stopping and ``reduce_on_plateau``.
+
+One call of :func:`decide` takes one metric value and the tracker's fields and returns the
+next fields plus what happened (improved, plateau reached, goal reached, diverged,
+non-finite). Everything is ``jnp.where`` arithmetic on arrays, so it runs eagerly, under
+``jit``, ``vmap`` (each member with its own numbers) and inside ``lax`` loops.
+
+Semantics, for the k-th call (0-based) with metric ``x``:
+
+* *warm-up*: calls with ``k < start_step`` are not tracked (no best, no wait, no decision);
+  only the non-finite check applies to them.
+* *non-finite*: with ``check_finite``, a NaN or infinite ``x`` is flagged (early stopping stops
+  with its own reason). A non-finite value is never an improvement, also on the first call.
+* *improvement*: ``x`` is finite and beats the best so far by more than the margin:
+  ``x < best - delta`` (mode min) or ``x > best + delta`` (mode max), with
+  ``delta = min_delta`` (``min_delta_mode="abs"``) or ``min_delta * |best|`` (``"rel"``, right
+  for negative metrics). Before any value is seen ``best`` is the ``baseline`` (``+inf`` for
+  min / ``-inf`` for max when none is given), so a baseline must be beaten to count.
+* *cooldown*: the ``cooldown`` calls after an action (a learning-rate reduction) do not count
+  towards patience (the wait stays 0); improvements are still recorded.
+* *plateau*: otherwise the wait grows by one, and the action fires when it reaches
+  ``patience`` (patience ``p`` acts on the ``p``-th consecutive non-improving call; 0 and 1 both
+  act on the first, as in Keras and Lightning).
+* *goal* / *divergence*: a finite ``x`` past ``stopping_threshold`` (better than it) or past
+  ``divergence_threshold`` (worse than it) is flagged at once (strict comparisons, as in
+  Lightning). ``+-inf`` thresholds (the defaults) never fire.
+
+Units: ``patience``, ``cooldown`` and ``start_step`` count calls (epochs, evaluation rounds or
+accumulated groups: whatever feeds the tracker), never optimizer steps unless it is fed every
+step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jopt._base import safe_increment
+from jopt._validate import as_state_scalar, check_real
+from jopt.errors import InvalidHyperparameterError, InvalidMetricError
+
+MODES = ("min", "max")
+DELTA_MODES = ("abs", "rel")
+
+
+def validate(name: str, *, mode, min_delta, min_delta_mode, patience, cooldown=0,
+             start_step=0, baseline=None, stopping_threshold=None, divergence_threshold=None,
+             check_finite=True) -> None:
+    """Construction-time checks of the plateau options (raises InvalidHyperparameterError)."""
+    if mode not in MODES:
+        raise InvalidHyperparameterError(name, "mode", mode, "'min' or 'max'")
+    if min_delta_mode not in DELTA_MODES:
+        raise InvalidHyperparameterError(name, "min_delta_mode", min_delta_mode, "'abs' or 'rel'")
+    check_real(name, "min_delta", min_delta, lo=0)
+    check_real(name, "patience", patience, lo=0, integer=True)
+    check_real(name, "cooldown", cooldown, lo=0, integer=True)
+    check_real(name, "start_step", start_step, lo=0, integer=True)
+    for key, value in (("baseline", baseline), ("stopping_threshold", stopping_threshold),
+                       ("divergence_threshold", divergence_threshold)):
+        if value is not None:
+            check_real(name, key, value)
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise InvalidHyperparameterError(name, "check_finite", check_finite, "a bool")
+    if stopping_threshold is not None and divergence_threshold is not None:
+        better = (stopping_threshold < divergence_threshold if mode == "min"
+                  else stopping_threshold > divergence_threshold)
+        if not better:
+            raise InvalidHyperparameterError(
+                name, "stopping_threshold", stopping_threshold,
+                f"better than divergence_threshold={divergence_threshold!r} for mode {mode!r}",
+            )
+
+
+def hyperparams(mode: str, *, min_delta, patience, cooldown=0, start_step=0, baseline=None,
+                stopping_threshold=None, divergence_threshold=None) -> dict[str, jax.Array]:
+    """The tracker's numeric options as state arrays (``None`` thresholds become +-inf)."""
+    worst = np.inf if mode == "min" else -np.inf
+    best = -worst
+    return {
+        "min_delta": as_state_scalar(min_delta),
+        "patience": jnp.asarray(patience, jnp.int32),
+        "cooldown": jnp.asarray(cooldown, jnp.int32),
+        "start_step": jnp.asarray(start_step, jnp.int32),
+        "baseline": as_state_scalar(worst if baseline is None else baseline),
+        "stopping_threshold": as_state_scalar(
+            best if stopping_threshold is None else stopping_threshold),
+        "divergence_threshold": as_state_scalar(
+            worst if divergence_threshold is None else divergence_threshold),
+    }
+
+
+def initial_fields(hp: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Tracker fields before any call."""
+    return {
+        "step": jnp.zeros([], jnp.int32),
+        "best_value": jnp.asarray(hp["baseline"], jnp.float32),
+        "best_step": jnp.asarray(-1, jnp.int32),
+        "wait": jnp.zeros([], jnp.int32),
+        "cooldown_count": jnp.zeros([], jnp.int32),
+    }
+
+
+def as_metric(name: str, metric: Any) -> jax.Array:
+    """The metric as a real scalar array; raises InvalidMetricError otherwise."""
+    if not isinstance(metric, (int, float, np.generic, np.ndarray, jax.Array)) or isinstance(
+            metric, (bool, np.bool_)):
+        raise InvalidMetricError(f"{name}: the metric must be a real scalar; got {metric!r}.")
+    try:
+        if isinstance(metric, (int, float)):
+            metric = float(metric)  # Python ints of any size compare as floats
+        metric = jnp.asarray(metric)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidMetricError(
+            f"{name}: the metric must be a real scalar; got {metric!r}.") from None
+    if metric.ndim != 0 or not (
+        jnp.issubdtype(metric.dtype, jnp.floating) or jnp.issubdtype(metric.dtype, jnp.integer)
+    ):
+        raise InvalidMetricError(
+            f"{name}: the metric must be a real scalar; got an array of shape {metric.shape} "
+            f"and dtype {metric.dtype}."
+        )
+    return metric
+
+
+def decide(mode: str, min_delta_mode: str, check_finite: bool, hp: dict[str, jax.Array],
+           fields: dict[str, jax.Array], metric: jax.Array, axis_name: Any = None):
+    """One tracker step.
+
+    Args:
+      mode, min_delta_mode, check_finite: the static options.
+      hp: the numeric options (see :func:`hyperparams`).
+      fields: ``step``, ``best_value``, ``best_step``, ``wait``, ``cooldown_count``.
+      metric: a real scalar.
+      axis_name: if given, the metric is averaged over this mapped axis first, so every
+        replica takes the same decision.
+
+    Returns:
+      ``(new_fields, flags)``; flags are bool scalars ``warm``, ``improved``, ``plateau``
+      (patience reached outside cooldown), ``non_finite`` (only with ``check_finite``),
+      ``goal``, ``diverged``, ``cooling`` (this call was in cooldown).
+    """
+    m = metric.astype(jnp.float32)
+    if axis_name is not None:
+        m = jax.lax.pmean(m, axis_name)
+    k = fields["step"]
+    warm = k < hp["start_step"]
+    finite = jnp.isfinite(m)
+    best = fields["best_value"]
+    delta = hp["min_delta"].astype(jnp.float32)
+    if min_delta_mode == "rel":
+        # The margin is relative to |best|; an infinite best (nothing seen, no baseline)
+        # has no margin.
+        delta = delta * jnp.abs(jnp.where(jnp.isfinite(best), best, 0.0))
+    if mode == "min":
+        beats = jnp.where(jnp.isfinite(best), m < best - delta, m < best)
+        goal = m < hp["stopping_threshold"]
+        diverged = m > hp["divergence_threshold"]
+    else:
+        beats = jnp.where(jnp.isfinite(best), m > best + delta, m > best)
+        goal = m > hp["stopping_threshold"]
+        diverged = m < hp["divergence_threshold"]
+    tracked = ~warm
+    improved = tracked & finite & beats
+    cooling = tracked & (fields["cooldown_count"] > 0)
+    counts = tracked & ~improved & ~cooling
+    wait = jnp.where(improved | cooling, 0, jnp.where(counts, safe_increment(fields["wait"]),
+                                                      fields["wait"]))
+    plateau = counts & (wait >= hp["patience"])
+    cooldown_count = jnp.where(
+        plateau, hp["cooldown"],
+        jnp.where(cooling, fields["cooldown_count"] - 1, fields["cooldown_count"]))
+    new = {
+        "step": safe_increment(k),
+        "best_value": jnp.where(improved, m, best),
+        "best_step": jnp.where(improved, k, fields["best_step"]),
+        "wait": wait.astype(jnp.int32),
+        "cooldown_count": cooldown_count.astype(jnp.int32),
+    }
+    flags = {
+        "warm": warm,
+        "improved": improved,
+        "plateau": plateau,
+        "non_finite": (~finite) if check_finite else jnp.zeros([], bool),
+        "goal": tracked & finite & goal,
+        "diverged": tracked & finite & diverged,
+        "cooling": cooling,
+    }
+    return new, flags
