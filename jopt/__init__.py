@@ -30,6 +30,10 @@ from jopt._early_stopping import should_stop as should_stop
 from jopt._early_stopping import stop_reason as stop_reason
 from jopt._hyperparams import get_hyperparams as get_hyperparams
 from jopt._hyperparams import set_hyperparams as set_hyperparams
+from jopt._reduce_on_plateau import ReduceOnPlateauState as ReduceOnPlateauState
+from jopt._reduce_on_plateau import gate_stopped as gate_stopped
+from jopt._reduce_on_plateau import population_status as population_status
+from jopt._reduce_on_plateau import reduce_on_plateau as reduce_on_plateau
 from jopt._scale import ScaleByAdamState as ScaleByAdamState
 from jopt._scale import ScaleByLearningRateState as ScaleByLearningRateState
 from jopt._scale import ScaleState as ScaleState
@@ -67,6 +71,7 @@ __all__ = [
     "EarlyStoppingState",
     "EmptyState",
     "GradientTransformation",
+    "ReduceOnPlateauState",
     "ScaleByAdamState",
     "ScaleByLearningRateState",
     "ScaleState",
@@ -88,6 +93,7 @@ __all__ = [
     "early_stopping",
     "errors",
     "exponential_decay",
+    "gate_stopped",
     "get_hyperparams",
     "identity",
     "join",
@@ -98,6 +104,8 @@ __all__ = [
     "named_chain",
     "piecewise_constant",
     "piecewise_constant_schedule",
+    "population_status",
+    "reduce_on_plateau",
     "safe_increment",
     "scale",
     "scale_by_adam",

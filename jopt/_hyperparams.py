@@ -32,6 +32,11 @@ _RANGES: dict[str, dict[str, Any]] = {
     "decay": {"lo": 0, "hi": 1},
     "min_delta": {"lo": 0},
     "patience": {"lo": 0, "integer": True},
+    "cooldown": {"lo": 0, "integer": True},
+    "start_step": {"lo": 0, "integer": True},
+    "accumulation_size": {"lo": 1, "integer": True},
+    "factor": {"lo": 0, "hi": 1, "lo_open": True, "hi_open": True},
+    "min_scale": {"lo": 0, "hi": 1},
 }
 
 # Hyperparameters whose transformations evaluate a schedule at the step counter.
