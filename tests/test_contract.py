@@ -450,3 +450,29 @@ def test_non_finite_gradients_poison_clip_everywhere():
     for bad in (jnp.nan, jnp.inf):
         u, _ = tx.update({"a": jnp.asarray([bad, 1e6]), "b": jnp.ones(2)}, tx.init(None))
         assert all(bool(jnp.all(jnp.isnan(x))) for x in jax.tree_util.tree_leaves(u))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("restore_best", [False, True])
+def test_reduce_on_plateau_state_contract(dtype, restore_best):
+    # reduce_on_plateau needs value=, so it is checked here rather than through the registry.
+    tx = jopt.chain(jopt.adam(0.05), jopt.reduce_on_plateau(patience=1, restore_best=restore_best))
+    params = make_params(dtype)
+    state = tx.init(params)
+    for leaf in jax.tree_util.tree_leaves(state):
+        assert isinstance(leaf, jax.Array)
+    sig0 = tree_signature(state)
+    traces = []
+
+    def step(g, s, p, v):
+        traces.append(1)
+        return tx.update(g, s, p, value=v)
+
+    step = jax.jit(step)
+    for i, v in enumerate([1.0, 2.0, 3.0, 0.5, 0.7]):
+        updates, state = step(_grads(params, i), state, params, jnp.float32(v))
+        assert tree_signature(state) == sig0
+        assert tree_signature(updates) == tree_signature(params)
+    assert len(traces) == 1
+    assert float(state[1].scale) < 1.0
+    assert tree_signature(jax.eval_shape(tx.init, params)) == sig0
