@@ -263,10 +263,11 @@ def early_stopping(
       it reaches ``patience`` (patience ``p`` stops on exactly the ``p``-th consecutive
       non-improving call; ``p = 0`` and ``p = 1`` both stop on the first, as in Keras and
       Lightning);
-    * the run also stops at once with "goal reached" when :math:`x` is better than
-      ``stopping_threshold``, with "diverged" when it is worse than ``divergence_threshold``
-      (strict comparisons), and with "non-finite metric" when :math:`x` is NaN or infinite
-      (``check_finite``; such a value is never an improvement, also on the first call).
+    * the run also stops at once with "goal reached" when a finite :math:`x` is better than
+      ``stopping_threshold``, with "diverged" when a finite :math:`x` is worse than
+      ``divergence_threshold`` (strict comparisons), and with "non-finite metric" when
+      :math:`x` is NaN or infinite (``check_finite``; such a value is never an improvement,
+      also on the first call; with ``check_finite=False`` it is simply not tracked).
       Precedence: non-finite, goal, divergence, patience. A goal-reaching value that also
       improves is recorded as the best.
 
@@ -294,7 +295,8 @@ def early_stopping(
 
     Every numeric option is data in the state (``state.hyperparams``): it can differ per
     member of a vmapped population and be changed with :func:`jopt.set_hyperparams` without
-    recompiling. Units: all counts are calls to ``update`` (epochs or evaluation rounds),
+    recompiling (``+-inf`` switches a baseline or threshold off). Units: all counts are
+    calls to ``update`` (epochs or evaluation rounds),
     never optimizer steps.
 
     Returns:

@@ -39,6 +39,19 @@ _RANGES: dict[str, dict[str, Any]] = {
     "min_scale": {"lo": 0, "hi": 1},
 }
 
+# Options for which +-inf means "none" (baseline and thresholds of the plateau core).
+_UNBOUNDED = {"baseline", "stopping_threshold", "divergence_threshold"}
+
+
+def _is_infinite(value: Any) -> bool:
+    if isinstance(value, jax.core.Tracer) or isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return bool(np.ndim(value) == 0 and np.isinf(float(np.asarray(value))))
+    except (TypeError, ValueError):
+        return False
+
+
 # Hyperparameters whose transformations evaluate a schedule at the step counter.
 _SCHEDULABLE = {"learning_rate", "weight_decay"}
 
@@ -166,6 +179,8 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
                     "set_hyperparams", key, new,
                     "a number (this hyperparameter cannot follow a schedule)",
                 )
+        elif name in _UNBOUNDED and _is_infinite(new):
+            pass  # +-inf switches a baseline or threshold off
         else:
             check_real("set_hyperparams", key, new, **_RANGES.get(name, {}))
             if not isinstance(new, jax.core.Tracer) and np.ndim(new) != 0:

@@ -148,7 +148,10 @@ def decide(mode: str, min_delta_mode: str, check_finite: bool, hp: dict[str, jax
     k = fields["step"]
     warm = k < hp["start_step"]
     finite = jnp.isfinite(m)
-    best = fields["best_value"]
+    # Before any improvement the bar is the baseline held in the options, so a baseline set
+    # with set_hyperparams after init (or per member of a population) takes effect.
+    best = jnp.where(fields["best_step"] < 0, hp["baseline"].astype(jnp.float32),
+                     fields["best_value"])
     delta = hp["min_delta"].astype(jnp.float32)
     if min_delta_mode == "rel":
         # The margin is relative to |best|; an infinite best (nothing seen, no baseline)

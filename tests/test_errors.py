@@ -210,3 +210,12 @@ def test_bad_metrics_and_states():
         jopt.should_stop({})
     with pytest.raises(TreeMismatchError, match="stop_reason"):
         jopt.stop_reason(None)
+
+
+def test_set_hyperparams_inf_switches_thresholds_off():
+    es = jopt.early_stopping(stopping_threshold=0.5, baseline=1.0)
+    state = jopt.set_hyperparams(es.init(), stopping_threshold=float("-inf"), baseline=float("inf"))
+    state = es.update(state, 0.1)  # would have reached the goal
+    assert jopt.stop_reason(state).startswith("running: the last update improved")
+    with pytest.raises(InvalidHyperparameterError, match="patience must be"):
+        jopt.set_hyperparams(state, patience=float("inf"))
