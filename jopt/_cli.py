@@ -4,7 +4,10 @@
 data set (or a user's ``.npz`` file), with a learning-rate schedule, gradient clipping and
 early stopping on the validation loss, and writes ``metrics.json`` and ``curves.png``.
 ``--compare optax`` replays the same run with optax and reports how closely the per-step
-losses agree.
+losses agree. ``--population learning_rate=1e-4,1e-3,1e-2`` trains several configurations in
+one compiled step (``jax.vmap`` over parameters, optimizer and early-stopping states), each
+member early-stopping on its own; ``--reduce-on-plateau`` scales the learning rate down when
+the training loss stops improving.
 
 flax, scikit-learn, tqdm and matplotlib are the optional extra ``jopt[examples]``; they (and
 JAX itself) are imported only when a command runs, so ``jopt --help`` stays fast and a missing
@@ -40,6 +43,11 @@ DEFAULT_WARMUP_STEPS = 50
 # "exponential" decays the peak learning rate to this fraction of it by the last planned step.
 EXPONENTIAL_FINAL_FRACTION = 0.01
 EXAMPLES_HINT = 'pip install "jopt[examples]"'
+# --population NAME=V1,V2,...: the hyperparameters a population may vary (with their spellings)
+# and whether 0 is allowed.
+POPULATION_NAMES = {"learning_rate": "learning_rate", "learning-rate": "learning_rate",
+                    "weight_decay": "weight_decay", "weight-decay": "weight_decay"}
+PLATEAU_DEFAULTS = {"factor": 0.5, "patience": 3, "cooldown": 0, "min_delta": 1e-4}
 
 
 class CLIError(Exception):
@@ -84,6 +92,38 @@ def _positive_float(text: str) -> float:
 
 def _nonneg_float(text: str) -> float:
     return _number(float, text, positive=False)
+
+
+def _factor(text: str) -> float:
+    value = _number(float, text, positive=True)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text!r}")
+    return value
+
+
+def _population(text: str) -> tuple[str, tuple[float, ...]]:
+    """``NAME=V1,V2,...`` with NAME learning_rate or weight_decay -> (name, values)."""
+    known = "learning_rate or weight_decay"
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not sep:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=V1,V2,... with NAME {known}, got {text!r}")
+    if name not in POPULATION_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"unknown hyperparameter {name!r} in {text!r} (a population varies {known})")
+    name = POPULATION_NAMES[name]
+    items = [t.strip() for t in rest.split(",")]
+    if not rest.strip() or any(not t for t in items):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers after {name}=, got {text!r}")
+    values = []
+    for t in items:
+        try:
+            values.append(_number(float, t, positive=name == "learning_rate"))
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{name} value {t!r} in {text!r}: {e}") from None
+    return name, tuple(values)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -156,7 +196,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compare", choices=("optax",), default=None,
                        help="replay the run with optax (same initial parameters, batches and "
                             "number of steps) and report the largest per-step relative loss "
-                            "difference")
+                            "difference; with --reduce-on-plateau the replay uses "
+                            "optax.contrib.reduce_on_plateau; not available with --population "
+                            "(compare a member by running it alone)")
+    train.add_argument("--population", metavar="NAME=V1,V2,...", type=_population,
+                       default=None,
+                       help="train one member per value of NAME (learning_rate: the peak of "
+                            "the schedule; weight_decay: adamw only) in one compiled step "
+                            "(jax.vmap); each member early-stops on its own validation loss "
+                            "and is then frozen; training ends when all have stopped. Each "
+                            "member equals the same run without --population (to float32 "
+                            "rounding), e.g. "
+                            "--population learning_rate=1e-4,1e-3,1e-2")
+    plateau = train.add_argument_group(
+        "reduce on plateau",
+        "--reduce-on-plateau appends jopt.reduce_on_plateau to the chain: the mean training "
+        "loss of each epoch is one decision, and after --plateau-patience epochs without an "
+        "improvement of --plateau-min-delta the learning rate is multiplied by "
+        "--plateau-factor (the logged learning rate includes this scale).")
+    plateau.add_argument("--reduce-on-plateau", action="store_true",
+                         help="reduce the learning rate when the training loss plateaus")
+    plateau.add_argument("--plateau-factor", type=_factor, default=PLATEAU_DEFAULTS["factor"],
+                         help="multiplier of the learning rate at each reduction, in (0, 1)")
+    plateau.add_argument("--plateau-patience", type=_positive_int,
+                         default=PLATEAU_DEFAULTS["patience"],
+                         help="epochs without improvement before a reduction")
+    plateau.add_argument("--plateau-cooldown", type=_nonneg_int,
+                         default=PLATEAU_DEFAULTS["cooldown"],
+                         help="epochs after a reduction that do not count towards patience")
+    plateau.add_argument("--plateau-min-delta", type=_nonneg_float,
+                         default=PLATEAU_DEFAULTS["min_delta"],
+                         help="smallest decrease of the epoch's mean training loss that "
+                              "counts as an improvement")
     return parser
 
 
@@ -343,7 +414,32 @@ def make_optimizer(lib: Any, cfg: dict[str, Any]):
     Returns:
       The gradient transformation.
     """
-    lr, warm, total = cfg["learning_rate"], cfg["warmup_steps"], cfg["total_steps"]
+    schedule = make_schedule(lib, cfg, cfg["learning_rate"])
+    if cfg["optimizer"] == "adamw":
+        opt = lib.adamw(schedule, weight_decay=cfg["weight_decay"])
+    elif cfg["optimizer"] == "adam":
+        opt = lib.adam(schedule)
+    else:
+        opt = lib.sgd(schedule, momentum=SGD_MOMENTUM)
+    links = [lib.clip_by_global_norm(cfg["clip_norm"]), opt]
+    plateau = cfg.get("reduce_on_plateau")
+    if plateau is not None:
+        # Last link: it scales the final updates (the learning rate included) and takes one
+        # decision per epoch from the mean training loss of the epoch (value=loss per step).
+        common = dict(factor=plateau["factor"], patience=plateau["patience"],
+                      cooldown=plateau["cooldown"], accumulation_size=cfg["steps_per_epoch"])
+        if hasattr(lib, "reduce_on_plateau"):
+            links.append(lib.reduce_on_plateau(min_delta=plateau["min_delta"], **common))
+        else:  # optax keeps it in contrib; its atol is jopt's absolute min_delta
+            links.append(lib.contrib.reduce_on_plateau(rtol=0.0, atol=plateau["min_delta"],
+                                                       **common))
+    return lib.chain(*links)
+
+
+def make_schedule(lib: Any, cfg: dict[str, Any], lr: Any):
+    """The learning-rate schedule of a run with peak ``lr`` (a number, or a traced scalar when
+    a population sets one schedule per member inside ``jax.vmap``)."""
+    warm, total = cfg["warmup_steps"], cfg["total_steps"]
     name = cfg["schedule"]
     if name == "warmup_cosine":
         # decay_steps counts the warm-up too, so the cosine ends on the last planned step.
@@ -358,13 +454,7 @@ def make_optimizer(lib: Any, cfg: dict[str, Any]):
             main = lib.exponential_decay(lr, rest, EXPONENTIAL_FINAL_FRACTION)
         schedule = main if warm == 0 else lib.join_schedules(
             [lib.linear_schedule(0.0, lr, warm), main], [warm])
-    if cfg["optimizer"] == "adamw":
-        opt = lib.adamw(schedule, weight_decay=cfg["weight_decay"])
-    elif cfg["optimizer"] == "adam":
-        opt = lib.adam(schedule)
-    else:
-        opt = lib.sgd(schedule, momentum=SGD_MOMENTUM)
-    return lib.chain(lib.clip_by_global_norm(cfg["clip_norm"]), opt)
+    return schedule
 
 
 # ------------------------------------------------------------------------------ training
@@ -403,24 +493,40 @@ def _make_functions(nnx: Any, graphdef: Any):
     return loss_and_acc, jax.jit(loss_and_acc)
 
 
-def _make_step(loss_and_acc, tx, apply_updates, lr_of):
+def _make_step(loss_and_acc, tx, apply_updates, lr_of, *, with_value=False,
+               population=False, gate=None):
     """A jitted train step ``(params, opt_state, x, y) -> (params, opt_state, loss, acc, lr)``.
 
-    ``lr`` is read from the state *before* the update, i.e. the learning rate this update
-    uses.
+    ``lr_of(state_before, state_after)`` gives the learning rate this update used: the
+    schedule read from the state *before* the update (times the plateau scale of the state
+    after it, which is the scale the update applied). ``with_value`` passes the loss to the
+    chain as ``value=`` (for reduce-on-plateau).
+
+    With ``population=True`` the step is ``jax.vmap``-ed over the members' parameters,
+    optimizer states and early-stopping states (the batch is shared), as
+    ``(params, opt_state, es_state, x, y)``, and ``gate(es_state, new, old)`` (that is,
+    :func:`jopt.gate_stopped`) keeps stopped members frozen.
     """
     import jax
 
     grad_fn = jax.value_and_grad(loss_and_acc, has_aux=True)
 
-    @jax.jit
-    def step(params, opt_state, x, y):
+    def member(params, opt_state, x, y):
         (loss, acc), grads = grad_fn(params, x, y)
-        lr = lr_of(opt_state)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return apply_updates(params, updates), opt_state, loss, acc, lr
+        extra = {"value": loss} if with_value else {}
+        updates, new_state = tx.update(grads, opt_state, params, **extra)
+        lr = lr_of(opt_state, new_state)
+        return apply_updates(params, updates), new_state, loss, acc, lr
 
-    return step
+    if not population:
+        return jax.jit(member)
+
+    def gated(params, opt_state, es_state, x, y):
+        new_params, new_state, loss, acc, lr = member(params, opt_state, x, y)
+        return (gate(es_state, new_params, params), gate(es_state, new_state, opt_state),
+                loss, acc, lr)
+
+    return jax.jit(jax.vmap(gated, in_axes=(0, 0, 0, None, None)))
 
 
 def _batches(order: np.ndarray, batch_size: int):
@@ -490,7 +596,26 @@ def _config(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total,
         "compare": args.compare,
+        "population": None,
+        "reduce_on_plateau": None,
     }
+    if args.reduce_on_plateau:
+        cfg["reduce_on_plateau"] = {
+            "factor": args.plateau_factor, "patience": args.plateau_patience,
+            "cooldown": args.plateau_cooldown, "min_delta": args.plateau_min_delta,
+            "accumulation_size": steps_per_epoch}
+    elif any(getattr(args, f"plateau_{k}") != v for k, v in PLATEAU_DEFAULTS.items()):
+        raise CLIError("the --plateau-* options need --reduce-on-plateau")
+    if args.population is not None:
+        name, values = args.population
+        if name == "weight_decay" and args.optimizer != "adamw":
+            raise CLIError(f"--population weight_decay=... needs --optimizer adamw "
+                           f"({args.optimizer} has no weight decay)")
+        if args.compare is not None:
+            raise CLIError("--compare optax replays a single run and cannot be combined with "
+                           "--population; compare a member by running it alone (e.g. "
+                           f"--{name.replace('_', '-')} {values[0]:g} --compare optax)")
+        cfg["population"] = {"name": name, "values": list(values)}
     if warmup >= total:
         raise CLIError(
             f"--warmup-steps ({warmup}) must be smaller than the planned number of "
@@ -527,8 +652,17 @@ def _train(args: argparse.Namespace) -> int:
 
     graphdef, init_params = _make_model(nnx, data["n_features"], data["n_classes"], args.seed)
     loss_and_acc, evaluate = _make_functions(nnx, graphdef)
-    step = _make_step(loss_and_acc, tx, jopt.apply_updates,
-                      lambda s: jopt.get_hyperparams(s)["learning_rate"])
+    plateau = cfg["reduce_on_plateau"] is not None
+
+    def lr_of(before, after):
+        # The schedule's value for this update times the plateau scale it applied.
+        lr = jopt.get_hyperparams(before)["learning_rate"]
+        return lr * _plateau_scale(jopt, after) if plateau else lr
+
+    if cfg["population"] is not None:
+        return _train_population(cfg, data, out_dir, t0, tx, stopper, init_params,
+                                 loss_and_acc, lr_of, tqdm)
+    step = _make_step(loss_and_acc, tx, jopt.apply_updates, lr_of, with_value=plateau)
     es_update = jax.jit(stopper.update)
 
     params = init_params
@@ -598,11 +732,14 @@ def _train(args: argparse.Namespace) -> int:
         "test_loss": test_loss,
         "test_accuracy": test_acc,
     }
+    if plateau:
+        summary["plateau_scale"] = float(_plateau_scale(jopt, opt_state))
 
     compare = None
     if args.compare == "optax":
         compare = _compare_optax(loss_and_acc, tx_optax, optax_apply, init_params, orders,
-                                 X_tr, y_tr, cfg["batch_size"], step_log["loss"])
+                                 X_tr, y_tr, cfg["batch_size"], step_log["loss"],
+                                 with_value=plateau)
 
     summary["wall_time_s"] = time.perf_counter() - t0
     metrics = {
@@ -631,6 +768,9 @@ def _train(args: argparse.Namespace) -> int:
               f"(val loss {_fmt(summary['best_val_loss'])}, parameters restored)")
     print(f"  test accuracy:  {_fmt(test_acc)} (test loss {_fmt(test_loss)}, "
           f"{data['X_test'].shape[0]} examples)")
+    if plateau:
+        print(f"  plateau scale:  {summary['plateau_scale']:g} (learning rate multiplier at "
+              f"the end)")
     if compare is not None:
         same = compare["max_rel_loss_diff"] <= 1e-5 or compare["max_scaled_loss_diff"] <= 1e-6
         verdict = "same trajectory to float32 rounding" if same else "trajectories differ"
@@ -643,13 +783,219 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plateau_scale(jopt: Any, opt_state: Any):
+    """The scale of the chain's reduce-on-plateau link (batched for a population)."""
+    import jax
+    import jax.numpy as jnp
+
+    def is_plateau(x):
+        return isinstance(x, jopt.ReduceOnPlateauState)
+
+    found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=is_plateau)
+             if is_plateau(x)]
+    return found[-1].scale if found else jnp.ones([], jnp.float32)
+
+
+def _member_label(name: str, value: float) -> str:
+    return f"{'lr' if name == 'learning_rate' else 'wd'}={value:g}"
+
+
+def _train_population(cfg, data, out_dir, t0, tx, stopper, init_params, loss_and_acc, lr_of,
+                      tqdm) -> int:
+    """``--population``: every member in one vmapped, jitted step; see :func:`_make_step`.
+
+    Member ``i`` sees exactly what the run without ``--population`` would see (same initial
+    parameters, batches, schedule shape and early stopping), so its results equal that run's.
+    A member whose early stopping fires is frozen with :func:`jopt.gate_stopped` (its
+    parameters and optimizer state no longer change) and its logs end there; the loop ends
+    when every member has stopped or the epochs run out.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    import jopt
+
+    name, values = cfg["population"]["name"], cfg["population"]["values"]
+    n = len(values)
+    plateau = cfg["reduce_on_plateau"] is not None
+    opt_state0 = tx.init(init_params)
+
+    def member_state(value):
+        if name == "learning_rate":
+            # A new schedule with this peak, so that every member keeps the schedule's shape.
+            return jopt.set_hyperparams(opt_state0,
+                                        learning_rate=make_schedule(jopt, cfg, value))
+        return jopt.set_hyperparams(opt_state0, weight_decay=value)
+
+    try:
+        opt_state = jax.vmap(member_state)(jnp.asarray(values, jnp.float32))
+    except jopt.errors.JoptError as e:
+        raise CLIError(_one_line(e)) from None
+
+    def stack(tree):
+        return jax.tree_util.tree_map(lambda x: jnp.stack([jnp.asarray(x)] * n), tree)
+
+    params = stack(init_params)
+    es_state = stack(stopper.init(init_params))
+    step = _make_step(loss_and_acc, tx, jopt.apply_updates, lr_of, with_value=plateau,
+                      population=True, gate=jopt.gate_stopped)
+    evaluate = jax.jit(jax.vmap(loss_and_acc, in_axes=(0, None, None)))
+    es_update = jax.jit(jax.vmap(stopper.update))
+
+    X_val, y_val = jnp.asarray(data["X_val"]), jnp.asarray(data["y_val"])
+    X_tr, y_tr = data["X_train"], data["y_train"]
+    order_rng = np.random.default_rng(cfg["seed"])
+    labels = [_member_label(name, v) for v in values]
+    logs = [{"loss": [], "accuracy": [], "learning_rate": []} for _ in range(n)]
+    member_epochs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    pop_log: dict[str, list] = {"epoch": [], "running": [], "val_loss": [], "val_accuracy": []}
+    stopped = np.zeros(n, bool)
+    steps_run = 0
+    print(f"jopt train: {data['name']} ({X_tr.shape[0]} train / {data['X_val'].shape[0]} val / "
+          f"{data['X_test'].shape[0]} test, {data['n_features']} features, "
+          f"{data['n_classes']} classes), {cfg['optimizer']} + {cfg['schedule']} schedule, "
+          f"{cfg['epochs']} epochs x {cfg['steps_per_epoch']} steps")
+    print(f"population: {n} members, {name} = {', '.join(f'{v:g}' for v in values)}; one "
+          f"compiled step (jax.vmap), early stopping per member")
+    sys.stdout.flush()
+    bar = tqdm(total=cfg["total_steps"], desc="train", unit="step", file=sys.stderr,
+               mininterval=0.2, dynamic_ncols=True, disable=None)
+    try:
+        for epoch in range(1, cfg["epochs"] + 1):
+            running = ~stopped
+            order = order_rng.permutation(X_tr.shape[0])
+            losses, accs, lrs = [], [], []
+            for idx in _batches(order, cfg["batch_size"]):
+                params, opt_state, loss, acc, lr = step(params, opt_state, es_state,
+                                                        X_tr[idx], y_tr[idx])
+                loss, acc, lr = (np.asarray(v, np.float64) for v in jax.device_get((loss, acc,
+                                                                                      lr)))
+                losses.append(loss)
+                accs.append(acc)
+                lrs.append(lr)
+                with np.errstate(all="ignore"):
+                    live = loss[running]
+                    shown = float(np.nanmin(live)) if np.any(np.isfinite(live)) else math.nan
+                bar.set_postfix(running=f"{int(running.sum())}/{n}", min_loss=_fmt(shown),
+                                refresh=False)
+                bar.update(1)
+            steps_run += len(losses)
+            val_loss, val_acc = evaluate(params, X_val, y_val)
+            es_state = es_update(es_state, val_loss, params)
+            val_loss, val_acc = (np.asarray(v, np.float64) for v in jax.device_get((val_loss,
+                                                                                   val_acc)))
+            now_stopped = np.asarray(jopt.should_stop(es_state)).reshape(n)
+            L, A, R = np.stack(losses), np.stack(accs), np.stack(lrs)
+            for i in np.flatnonzero(running):
+                logs[i]["loss"] += L[:, i].tolist()
+                logs[i]["accuracy"] += A[:, i].tolist()
+                logs[i]["learning_rate"] += R[:, i].tolist()
+                with np.errstate(all="ignore"):
+                    train_loss, train_acc = float(np.mean(L[:, i])), float(np.mean(A[:, i]))
+                member_epochs[i].append({
+                    "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                    "val_loss": float(val_loss[i]), "val_accuracy": float(val_acc[i]),
+                    "learning_rate": float(R[-1, i])})
+            # Every member's validation loss each epoch: a stopped member's stays the same,
+            # because its parameters are frozen.
+            pop_log["epoch"].append(epoch)
+            pop_log["running"].append(running.tolist())
+            pop_log["val_loss"].append(val_loss.tolist())
+            pop_log["val_accuracy"].append(val_acc.tolist())
+            parts = []
+            for i in range(n):
+                if not running[i]:
+                    parts.append(f"{labels[i]} stopped")
+                else:
+                    mark = " (stops)" if now_stopped[i] else ""
+                    parts.append(f"{labels[i]} {_fmt(float(val_loss[i]))}{mark}")
+            stopped = now_stopped
+            bar.write(f"epoch {epoch:3d}  val_loss  {'  '.join(parts)}  "
+                      f"running {int((~stopped).sum())}/{n}")
+            if stopped.all():
+                break
+    finally:
+        bar.close()
+
+    reasons = jopt.stop_reason(es_state)
+    best_step = np.asarray(jax.device_get(es_state.best_step)).reshape(n)
+    best_value = np.asarray(jax.device_get(es_state.best_value), np.float64).reshape(n)
+    test_loss, test_acc = (np.asarray(v, np.float64) for v in jax.device_get(evaluate(
+        jopt.best_params(es_state), jnp.asarray(data["X_test"]), jnp.asarray(data["y_test"]))))
+    scales = (np.asarray(jax.device_get(_plateau_scale(jopt, opt_state)), np.float64).reshape(n)
+              if plateau else None)
+    members = []
+    for i in range(n):
+        summary = {
+            "epochs_run": len(member_epochs[i]),
+            "steps_run": len(logs[i]["loss"]),
+            "stop_reason": reasons[i] if stopped[i] else "max epochs reached",
+            "best_epoch": int(best_step[i]) + 1 if best_step[i] >= 0 else None,
+            "best_val_loss": float(best_value[i]) if best_step[i] >= 0 else None,
+            "test_loss": float(test_loss[i]),
+            "test_accuracy": float(test_acc[i]),
+        }
+        if plateau:
+            summary["plateau_scale"] = float(scales[i])
+        members.append({
+            "member": i, "hyperparameter": name, "value": values[i], "label": labels[i],
+            "steps": {"step": list(range(1, len(logs[i]["loss"]) + 1)), **logs[i]},
+            "epochs": member_epochs[i], "summary": summary})
+    scored = [(m["summary"]["best_val_loss"], m["member"]) for m in members
+              if m["summary"]["best_val_loss"] is not None]
+    best_member = min(scored)[1] if scored else None
+    summary = {
+        "members": n,
+        "epochs_run": len(pop_log["epoch"]),
+        "steps_run": steps_run,
+        "stop_epochs": [m["summary"]["epochs_run"] for m in members],
+        "best_member": best_member,
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    metrics = {
+        "config": cfg,
+        "data": {"name": data["name"], "n_train": int(X_tr.shape[0]),
+                 "n_val": int(data["X_val"].shape[0]), "n_test": int(data["X_test"].shape[0]),
+                 "n_features": data["n_features"], "n_classes": data["n_classes"]},
+        "members": members,
+        "population": {"hyperparameter": name, "values": list(values), **pop_log},
+        "summary": summary,
+    }
+    _write_metrics(os.path.join(out_dir, "metrics.json"), metrics)
+    _plot_population(os.path.join(out_dir, "curves.png"), metrics)
+
+    print("members (early stopping on the validation loss; test accuracy with each member's "
+          "best parameters):")
+    head = (f"  {'member':>6}  {name:>13}  {'epochs':>6}  {'stop reason':<18}  "
+            f"{'best epoch':>10}  {'best val loss':>13}  {'test acc':>8}")
+    if plateau:
+        head += f"  {'lr scale':>8}"
+    print(head)
+    for m in members:
+        s = m["summary"]
+        best = "-" if s["best_epoch"] is None else str(s["best_epoch"])
+        bvl = "-" if s["best_val_loss"] is None else _fmt(s["best_val_loss"])
+        row = (f"  {m['member']:>6}  {m['value']:>13g}  {s['epochs_run']:>6}  "
+               f"{s['stop_reason']:<18}  {best:>10}  {bvl:>13}  "
+               f"{_fmt(s['test_accuracy']):>8}")
+        if plateau:
+            row += f"  {s['plateau_scale']:>8g}"
+        print(row + ("  <- best" if m["member"] == best_member else ""))
+    print(f"  epochs run:     {summary['epochs_run']} of {cfg['epochs']} "
+          f"({int(stopped.sum())} of {n} members stopped early)")
+    print(f"  wall time:      {summary['wall_time_s']:.1f} s")
+    print(f"output folder: {out_dir} (metrics.json, curves.png)")
+    return 0
+
+
 def _compare_optax(loss_and_acc, tx, apply_updates, init_params, orders, X, y, batch_size,
-                   jopt_losses):
+                   jopt_losses, with_value=False):
     """Replays the run with optax; returns the per-step relative loss differences."""
     import jax
     import jax.numpy as jnp
 
-    step = _make_step(loss_and_acc, tx, apply_updates, lambda s: jnp.zeros([], jnp.float32))
+    step = _make_step(loss_and_acc, tx, apply_updates,
+                      lambda before, after: jnp.zeros([], jnp.float32), with_value=with_value)
     losses = []
     # optax itself is not clean under strict dtype promotion (its bias correction computes
     # ``python_float ** int32_count``), so only this reference replay runs under standard
@@ -741,5 +1087,76 @@ def _plot(path: str, metrics: dict[str, Any]) -> None:
     fig.suptitle(
         f"jopt train: {cfg['dataset']}, {cfg['optimizer']}, peak lr {cfg['learning_rate']:g}"
         f" | stop: {s['stop_reason']} | test acc {_fmt(s['test_accuracy'], '.3f')}"
+    )
+    fig.savefig(path, dpi=110)
+
+
+def _plot_population(path: str, metrics: dict[str, Any]) -> None:
+    """A population: training loss, validation loss and learning rate per member."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cfg, members = metrics["config"], metrics["members"]
+    spe = cfg["steps_per_epoch"]
+    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_tr, ax_val, ax_lr = fig.subplots(1, 3)
+    colors = [f"C{i % 10}" for i in range(len(members))]
+    all_positive = True
+    for m, c in zip(members, colors):
+        steps, ep, s = m["steps"], m["epochs"], m["summary"]
+        x = np.asarray(steps["step"], np.float64)
+        loss = np.asarray(steps["loss"], np.float64)
+        lr = np.asarray(steps["learning_rate"], np.float64)
+        finite = loss[np.isfinite(loss)]
+        all_positive &= bool(np.all(finite > 0))
+        # Raw per-step losses are noisy: draw them faint, and their per-epoch mean on top.
+        ax_tr.plot(x, loss, color=c, lw=0.6, alpha=0.25)
+        ax_tr.plot([e["epoch"] * spe for e in ep], [e["train_loss"] for e in ep], "-",
+                   color=c, lw=1.6, label=m["label"])
+        ax_val.plot([e["epoch"] for e in ep], [e["val_loss"] for e in ep], "o-", ms=3,
+                    color=c, label=f"{m['label']}: {s['stop_reason']}")
+        if s["best_epoch"] is not None:
+            ax_val.plot([s["best_epoch"]], [s["best_val_loss"]], "*", ms=12, color=c,
+                        mec="black", mew=0.6)
+        if s["stop_reason"] != "max epochs reached" and ep:
+            ax_val.axvline(ep[-1]["epoch"], color=c, ls=":", lw=1.0)
+        ax_lr.plot(x, lr, color=c, lw=1.4, label=m["label"])
+    means = [e["train_loss"] for m in members for e in m["epochs"]
+             if e["train_loss"] is not None and math.isfinite(e["train_loss"])]
+    for ax in (ax_tr, ax_val):
+        if all_positive:
+            ax.set_yscale("log")
+    if all_positive and means and min(means) > 0:
+        # Single batches the model fits reach tiny losses; keep the epoch means readable.
+        ax_tr.set_ylim(bottom=min(means) / 10)
+    for ax in (ax_tr, ax_val):
+        ax.set_ylabel("cross-entropy loss")
+        ax.grid(alpha=0.3)
+    ax_tr.set_xlabel("step")
+    ax_tr.set_title("Training loss (faint: per step; line: epoch mean)")
+    ax_tr.legend(fontsize="small")
+    ax_val.set_xlabel("epoch")
+    ax_val.set_title("Validation loss (star: best epoch; dotted: stopped)")
+    ax_val.legend(fontsize="small")
+    # Peaks a decade or more apart: a log axis, or the smaller members are flat lines at 0.
+    peaks = [max((v for v in m["steps"]["learning_rate"] if v is not None and v > 0),
+                 default=0.0) for m in members]
+    if min(peaks) > 0 and max(peaks) / min(peaks) >= 10:
+        ax_lr.set_yscale("log")
+        # The warm-up starts at 0 and decays end near it: show two decades below the peaks.
+        ax_lr.set_ylim(bottom=min(peaks) / 100, top=max(peaks) * 2)
+    else:
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    plateau = " x plateau scale" if cfg.get("reduce_on_plateau") else ""
+    ax_lr.set_xlabel("step")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_title(f"Learning rate ({cfg['schedule']}{plateau})")
+    ax_lr.legend(fontsize="small")
+    ax_lr.grid(alpha=0.3)
+    pop = metrics["population"]
+    fig.suptitle(
+        f"jopt train --population: {cfg['dataset']}, {cfg['optimizer']}, "
+        f"{len(members)} members over {pop['hyperparameter']} (one vmapped step)"
     )
     fig.savefig(path, dpi=110)

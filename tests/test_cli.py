@@ -43,7 +43,8 @@ def test_help_runs_as_module():
     assert r.returncode == 0, r.stderr
     for opt in ("--dataset", "--data", "--optimizer", "--learning-rate", "--schedule",
                 "--warmup-steps", "--weight-decay", "--clip-norm", "--batch-size", "--epochs",
-                "--patience", "--min-delta", "--seed", "--out", "--compare"):
+                "--patience", "--min-delta", "--seed", "--out", "--compare", "--population",
+                "--reduce-on-plateau", "--plateau-factor", "--plateau-patience"):
         assert opt in r.stdout
 
 
@@ -272,3 +273,158 @@ def test_bad_seed_and_blocked_output_fail_before_training(tmp_path, capsys):
     assert main(["train", "--out", str(blocked)]) == 2
     assert "cannot write" in _error_line(capsys)
     assert not (blocked / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------ --population
+
+# Three peak learning rates that early-stop at three different epochs (5, 6 and 7 of 8) with
+# patience 1 and a coarse min_delta, so one run shows per-member stopping, freezing and the
+# population ending before the last epoch. The margins of those decisions are >= 3e-3, far
+# above the float32 rounding by which vmapped matmuls differ from unbatched ones.
+POP_LRS = ("3e-4", "1e-3", "3e-3")
+POP_ARGS = ("--epochs", "8", "--patience", "1", "--min-delta", "0.03")
+
+
+def test_population_end_to_end_and_members_equal_solo_runs(tmp_path, capsys):
+    out = tmp_path / "population"
+    assert main(["train", "--population", "learning_rate=" + ",".join(POP_LRS), *POP_ARGS,
+                 "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    metrics = _strict_json(out / "metrics.json")
+    members = metrics["members"]
+    assert len(members) == 3
+
+    # The table: a header and one row per member with its value, epochs, stop reason, best
+    # epoch, best validation loss and test accuracy (with that member's best parameters).
+    lines = stdout.splitlines()
+    head = next(i for i, ln in enumerate(lines) if "best val loss" in ln)
+    for col in ("member", "learning_rate", "stop reason", "best epoch", "test acc"):
+        assert col in lines[head]
+    for row, m, lr in zip(lines[head + 1:head + 4], members, POP_LRS):
+        s = m["summary"]
+        assert row.split()[:3] == [str(m["member"]), f"{float(lr):g}", str(s["epochs_run"])]
+        assert s["stop_reason"] in row and f"{s['test_accuracy']:.4f}" in row
+        assert f"{s['best_val_loss']:.4f}" in row and str(s["best_epoch"]) in row
+        assert m["value"] == pytest.approx(float(lr)) and m["hyperparameter"] == "learning_rate"
+        assert len(m["steps"]["loss"]) == len(m["steps"]["learning_rate"]) == s["steps_run"]
+        assert s["steps_run"] == s["epochs_run"] * metrics["config"]["steps_per_epoch"]
+        assert len(m["epochs"]) == s["epochs_run"] and s["test_accuracy"] > 0.8
+    png = (out / "curves.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+
+    # Members stop one by one, and the loop ends when the last one has stopped.
+    stops = [m["summary"]["epochs_run"] for m in members]
+    assert len(set(stops)) == 3, stops
+    assert all(m["summary"]["stop_reason"] == "patience exhausted" for m in members)
+    assert metrics["summary"]["epochs_run"] == max(stops) < metrics["config"]["epochs"]
+    assert "epochs run:     7 of 8 (3 of 3 members stopped early)" in stdout
+
+    # A stopped member is frozen: its validation loss (every member is evaluated every epoch)
+    # no longer changes, bitwise, and its own logs end at its stop.
+    pop = metrics["population"]
+    val = np.asarray(pop["val_loss"])  # [epoch, member]
+    for m in members:
+        i, stop = m["member"], m["summary"]["epochs_run"]
+        after = val[stop - 1:, i]
+        assert len(after) >= 1 + (stop < max(stops)) and np.all(after == after[0]), (i, after)
+        assert [r[i] for r in pop["running"]] == [e <= stop for e in pop["epoch"]]
+        assert m["epochs"][-1]["epoch"] == stop and m["epochs"][-1]["val_loss"] == val[stop - 1, i]
+    last_epoch_line = [ln for ln in lines if ln.startswith("epoch ")][-1]
+    assert last_epoch_line.count(" stopped") == 2
+
+    # Each member equals the same configuration run alone: the proof that one vmapped program
+    # trains each member as its own run would (same per-step losses to float32 rounding, same
+    # learning rates, same stop epoch, reason and best epoch).
+    for m, lr in zip(members, POP_LRS):
+        solo_out = tmp_path / f"solo-{lr}"
+        assert main(["train", "--learning-rate", lr, *POP_ARGS, "--out", str(solo_out)]) == 0
+        solo = _strict_json(solo_out / "metrics.json")
+        for key in ("epochs_run", "steps_run", "stop_reason", "best_epoch"):
+            assert m["summary"][key] == solo["summary"][key], (lr, key)
+        np.testing.assert_allclose(m["steps"]["loss"], solo["steps"]["loss"], rtol=1e-5)
+        np.testing.assert_allclose(m["steps"]["learning_rate"], solo["steps"]["learning_rate"],
+                                   rtol=1e-7)
+        np.testing.assert_allclose([e["val_loss"] for e in m["epochs"]],
+                                   [e["val_loss"] for e in solo["epochs"]], rtol=1e-5)
+        assert m["summary"]["test_accuracy"] == pytest.approx(solo["summary"]["test_accuracy"],
+                                                              abs=1 / 270 + 1e-9)
+    capsys.readouterr()
+
+
+def test_weight_decay_population_and_plateau_together(tmp_path, capsys):
+    # Member 0 (sgd at 1e-6) cannot lower the training loss by 0.01 an epoch: its learning
+    # rate halves after every epoch but the first; member 1 (0.05) keeps improving.
+    out = tmp_path / "pop_rop"
+    assert main(["train", "--optimizer", "sgd", "--population", "learning-rate=1e-6,0.05",
+                 "--schedule", "constant", "--warmup-steps", "0", "--reduce-on-plateau",
+                 "--plateau-patience", "1", "--plateau-min-delta", "0.01", "--epochs", "3",
+                 "--out", str(out)]) == 0
+    assert "lr scale" in capsys.readouterr().out
+    metrics = _strict_json(out / "metrics.json")
+    spe = metrics["config"]["steps_per_epoch"]
+    slow, fast = metrics["members"]
+    lr = np.asarray(slow["steps"]["learning_rate"]).reshape(3, spe)
+    # The reducing update (the last of an epoch) already uses the new scale.
+    np.testing.assert_allclose(lr[0], 1e-6, rtol=1e-6)
+    np.testing.assert_allclose(lr[1, :-1], 1e-6, rtol=1e-6)
+    np.testing.assert_allclose(lr[1:, -1], [5e-7, 2.5e-7], rtol=1e-6)
+    np.testing.assert_allclose(lr[2, :-1], 5e-7, rtol=1e-6)
+    assert slow["summary"]["plateau_scale"] == 0.25 and fast["summary"]["plateau_scale"] == 1.0
+    np.testing.assert_allclose(fast["steps"]["learning_rate"], 0.05, rtol=1e-6)
+    # A weight-decay population: every member has the same learning rate, its own decay.
+    out = tmp_path / "pop_wd"
+    assert main(["train", "--population", "weight_decay=0,0.5", "--epochs", "2",
+                 "--dataset", "wine", "--out", str(out)]) == 0
+    assert "weight_decay" in capsys.readouterr().out
+    wd = _strict_json(out / "metrics.json")["members"]
+    assert [m["value"] for m in wd] == [0.0, 0.5]
+    assert wd[0]["steps"]["learning_rate"] == wd[1]["steps"]["learning_rate"]
+    assert wd[0]["steps"]["loss"][1:] != wd[1]["steps"]["loss"][1:]
+
+
+def test_reduce_on_plateau_reduces_and_matches_optax(tmp_path, capsys):
+    out = tmp_path / "rop"
+    assert main(["train", "--optimizer", "sgd", "--learning-rate", "1e-6", "--schedule",
+                 "constant", "--warmup-steps", "0", "--reduce-on-plateau", "--plateau-patience",
+                 "1", "--plateau-min-delta", "0.01", "--epochs", "3", "--compare", "optax",
+                 "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "plateau scale:  0.25" in stdout
+    metrics = _strict_json(out / "metrics.json")
+    assert metrics["config"]["reduce_on_plateau"]["accumulation_size"] == \
+        metrics["config"]["steps_per_epoch"]
+    lr = np.asarray(metrics["steps"]["learning_rate"])
+    spe = metrics["config"]["steps_per_epoch"]
+    # One decision per epoch: the logged (effective) learning rate drops by the factor 0.5
+    # on the last update of epochs 2 and 3, and stays there.
+    drops = np.flatnonzero(lr[1:] != lr[:-1]) + 1
+    assert drops.tolist() == [2 * spe - 1, 3 * spe - 1]
+    np.testing.assert_allclose(lr[drops] / lr[drops - 1], 0.5, rtol=1e-6)
+    assert metrics["summary"]["plateau_scale"] == 0.25
+    # optax.contrib.reduce_on_plateau, configured alike, replays the same run.
+    assert metrics["compare"]["max_rel_loss_diff"] <= 1e-5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--population", "learning_rate"], "expected NAME=V1,V2,..."),
+    (["--population", "momentum=0.9,0.99"], "unknown hyperparameter 'momentum'"),
+    (["--population", "learning_rate="], "expected comma-separated numbers"),
+    (["--population", "learning_rate=1e-3,,1e-2"], "expected comma-separated numbers"),
+    (["--population", "learning_rate=1e-3,fast"], "invalid float value: 'fast'"),
+    (["--population", "learning_rate=1e-3,0"], "must be > 0"),
+    (["--population", "learning_rate=nan"], "must be finite"),
+    (["--population", "weight_decay=-1e-4"], "must be >= 0"),
+    (["--population", "weight_decay=1e-4,1e-3", "--optimizer", "sgd"],
+     "needs --optimizer adamw"),
+    (["--population", "learning_rate=1e-3,1e-2", "--compare", "optax"],
+     "cannot be combined with --population"),
+    (["--plateau-factor", "0.3"], "need --reduce-on-plateau"),
+    (["--reduce-on-plateau", "--plateau-factor", "1"], "must be in (0, 1)"),
+])
+def test_bad_population_and_plateau_options(args, message, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["train", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]  # argparse prints its usage first, as for any option
+    assert line.startswith("jopt train: error: ") and message in line, line
+    assert "Traceback" not in err and not out.exists()
