@@ -127,7 +127,12 @@ def get_hyperparams(state: Any) -> dict[str, jax.Array]:
             count = getattr(holder, "count", None)
             if count is None:
                 count = jnp.zeros([], jnp.int32)
-            value = evaluate(value, count)
+            # A state batched by vmap (a population) has a batched counter: evaluate each
+            # member's schedule at its own count (schedules are written for one member).
+            fn = evaluate
+            for _ in range(jnp.ndim(count)):
+                fn = jax.vmap(fn)
+            value = fn(value, count)
         result[key] = jnp.asarray(value)
     return result
 

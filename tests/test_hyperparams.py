@@ -128,3 +128,18 @@ def test_optax_inject_hyperparams_state_is_read_too():
     hp = jopt.get_hyperparams(state)
     assert float(hp["learning_rate"]) == pytest.approx(0.3)
     assert float(hp["max_norm"]) == 1.0
+
+
+def test_get_hyperparams_on_batched_state_evaluates_each_member():
+    # Outside vmap, a population state has batched counters and schedules: each member's
+    # schedule is evaluated at its own count (join needs this; elementwise ones work anyway).
+    def sched(peak):
+        return jopt.join([jopt.linear(0.0, peak, 5), jopt.constant(peak)], [5])
+
+    tx = jopt.adam(sched(1.0))
+    state = tx.init(make_params())
+    pop = jax.vmap(lambda peak: jopt.set_hyperparams(state, learning_rate=sched(peak)))(
+        jnp.asarray([1.0, 2.0], jnp.float32))
+    _, pop = jax.vmap(lambda s: tx.update(make_params(), s))(pop)
+    np.testing.assert_allclose(np.asarray(jopt.get_hyperparams(pop)["learning_rate"]),
+                               [0.2, 0.4], rtol=1e-6)
