@@ -230,6 +230,18 @@ def safe_increment(count: jax.Array) -> jax.Array:
     return count + (count < INT32_MAX).astype(count.dtype)
 
 
+def fresh(tree: Any) -> Any:
+    """Copies of the concrete arrays in ``tree`` (hyperparameters made when a transformation
+    is built), so that every ``init`` returns buffers of its own: a state may then be donated
+    to a jitted step without deleting the transformation's constants or aliasing a buffer
+    twice. Traced leaves and non-arrays are returned as they are."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.array(x, copy=True)
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) else x,
+        tree,
+    )
+
+
 def zero_count() -> jax.Array:
     """A fresh int32 step counter (scalar zero)."""
     return jnp.zeros([], jnp.int32)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jopt import _tree
-from jopt._base import GradientTransformation
+from jopt._base import GradientTransformation, fresh
 from jopt._validate import as_state_scalar, check_real
 
 
@@ -46,7 +46,7 @@ def clip(max_delta: float) -> GradientTransformation:
 
     def init_fn(params):
         del params
-        return ClipState(hyperparams={"max_delta": m0})
+        return ClipState(hyperparams=fresh({"max_delta": m0}))
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -115,7 +115,7 @@ def clip_by_global_norm(max_norm: float, axis_name: Any = None) -> GradientTrans
 
     def init_fn(params):
         del params
-        return ClipByGlobalNormState(hyperparams={"max_norm": m0})
+        return ClipByGlobalNormState(hyperparams=fresh({"max_norm": m0}))
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args

@@ -154,8 +154,10 @@ class EarlyStopping:
             )
         best = None
         if self.keep_best:
+            # A real copy: sharing the parameters' buffers would break buffer donation.
             best = jax.tree_util.tree_map(
-                lambda p: jnp.asarray(p).astype(self.best_dtype or jnp.asarray(p).dtype), params
+                lambda p: jnp.array(p, dtype=self.best_dtype or jnp.asarray(p).dtype, copy=True),
+                params,
             )
         hp = _plateau.hyperparams(
             self.mode, min_delta=self.min_delta, patience=self.patience,
@@ -163,6 +165,8 @@ class EarlyStopping:
             stopping_threshold=self.stopping_threshold,
             divergence_threshold=self.divergence_threshold,
         )
+        # Stopping ends the run, so a cooldown after it has no meaning: not an option here.
+        del hp["cooldown"]
         state = EarlyStoppingState(
             **_plateau.initial_fields(hp),
             status=jnp.asarray(int(Status.RUNNING), jnp.int32),
@@ -205,8 +209,9 @@ class EarlyStopping:
                         expected_name="the parameters init saw", got_name="params")
 
         fields = {k: getattr(state, k) for k in _FIELDS}
-        new, f = _plateau.decide(self.mode, self.min_delta_mode, self.check_finite,
-                                 state.hyperparams, fields, metric, self.axis_name)
+        hp = {**state.hyperparams, "cooldown": jnp.zeros([], jnp.int32)}
+        new, f = _plateau.decide(self.mode, self.min_delta_mode, self.check_finite, hp, fields,
+                                 metric, self.axis_name)
         # Precedence: non-finite, goal, divergence, patience (Lightning's order).
         status = jnp.select(
             [f["non_finite"], f["goal"], f["diverged"], f["plateau"], f["improved"], f["warm"]],
@@ -267,7 +272,8 @@ def early_stopping(
       ``stopping_threshold``, with "diverged" when a finite :math:`x` is worse than
       ``divergence_threshold`` (strict comparisons), and with "non-finite metric" when
       :math:`x` is NaN or infinite (``check_finite``; such a value is never an improvement,
-      also on the first call; with ``check_finite=False`` it is simply not tracked).
+      also on the first call; with ``check_finite=False`` it is a non-improving call that
+      counts towards patience).
       Precedence: non-finite, goal, divergence, patience. A goal-reaching value that also
       improves is recorded as the best.
 
@@ -338,6 +344,11 @@ def _status(fn: str, state: Any) -> np.ndarray:
             fn, "the argument is not an early-stopping state", "", "EarlyStoppingState",
             type(state).__name__,
         )
+    if isinstance(state.status, jax.core.Tracer):
+        raise TreeMismatchError(
+            fn, "is a host-side helper and cannot run inside jit/vmap/scan", "",
+            "a concrete state (inside compiled code use state.stopped)", "a traced state",
+        )
     return np.asarray(jax.device_get(state.status))
 
 
@@ -394,7 +405,7 @@ def best_params(state: EarlyStoppingState) -> Any:
     Raises:
       InvalidHyperparameterError: if the state keeps no copy (``keep_best=False``).
     """
-    if state.best_params is None:
+    if not isinstance(state, EarlyStoppingState) or state.best_params is None:
         raise InvalidHyperparameterError(
             "best_params", "state", "a state without a parameter copy",
             "built with early_stopping(..., keep_best=True)",

@@ -188,10 +188,13 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
             pass  # +-inf switches a baseline or threshold off
         else:
             check_real("set_hyperparams", key, new, **_RANGES.get(name, {}))
-            if not isinstance(new, jax.core.Tracer) and np.ndim(new) != 0:
+            old_shape = np.shape(old.complement if isinstance(old, OneMinus) else old)
+            if (not isinstance(new, jax.core.Tracer) and np.ndim(new) != 0
+                    and np.shape(new) != old_shape):
                 raise InvalidHyperparameterError(
                     "set_hyperparams", key, new,
-                    "a scalar (for a population, call set_hyperparams inside jax.vmap)",
+                    f"a scalar or an array of the stored shape {old_shape} (for a population, "
+                    f"call set_hyperparams inside jax.vmap)",
                 )
         per_holder.setdefault(path, {})[name] = new
 
@@ -205,7 +208,9 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
         for name, new in per_holder[p].items():
             old = hp[name]
             if isinstance(old, OneMinus) and not isinstance(new, Schedule) and not callable(new):
-                hp[name] = OneMinus.of(new)
+                one_minus = OneMinus.of(new)
+                hp[name] = jax.tree_util.tree_map(
+                    lambda c, ref: jnp.broadcast_to(c, jnp.shape(ref)), one_minus, old)
             elif isinstance(new, Schedule):
                 hp[name] = new
             elif callable(new):
@@ -213,8 +218,10 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
             elif isinstance(old, Schedule):
                 hp[name] = jnp.asarray(new, dtype=jnp.float32)
             else:
+                # Same dtype and shape as the stored value (a scalar set on a batched
+                # population state applies to every member).
                 dtype = getattr(old, "dtype", np.float32)
-                hp[name] = jnp.asarray(new).astype(dtype)
+                hp[name] = jnp.broadcast_to(jnp.asarray(new).astype(dtype), jnp.shape(old))
         for name in per_holder[p]:
             hp[name] = _place_as(hp[name], node.hyperparams[name])
         return node._replace(hyperparams=hp)

@@ -7,6 +7,8 @@ non-finite). Everything is ``jnp.where`` arithmetic on arrays, so it runs eagerl
 
 Semantics, for the k-th call (0-based) with metric ``x``:
 
+* *precision*: the metric is compared in float32 (a float64 value beyond float32's range
+  counts as non-finite).
 * *warm-up*: calls with ``k < start_step`` are not tracked (no best, no wait, no decision);
   only the non-finite check applies to them.
 * *non-finite*: with ``check_finite``, a NaN or infinite ``x`` is flagged (early stopping stops
@@ -14,8 +16,8 @@ Semantics, for the k-th call (0-based) with metric ``x``:
 * *improvement*: ``x`` is finite and beats the best so far by more than the margin:
   ``x < best - delta`` (mode min) or ``x > best + delta`` (mode max), with
   ``delta = min_delta`` (``min_delta_mode="abs"``) or ``min_delta * |best|`` (``"rel"``, right
-  for negative metrics). Before any value is seen ``best`` is the ``baseline`` (``+inf`` for
-  min / ``-inf`` for max when none is given), so a baseline must be beaten to count.
+  for negative metrics). Before any value is seen the bar is the ``baseline`` if one is set
+  (finite), so a baseline must be beaten to count; an infinite baseline means none.
 * *cooldown*: the ``cooldown`` calls after an action (a learning-rate reduction) do not count
   towards patience (the wait stays 0); improvements are still recorded.
 * *plateau*: otherwise the wait grows by one, and the action fires when it reaches
@@ -23,7 +25,7 @@ Semantics, for the k-th call (0-based) with metric ``x``:
   act on the first, as in Keras and Lightning).
 * *goal* / *divergence*: a finite ``x`` past ``stopping_threshold`` (better than it) or past
   ``divergence_threshold`` (worse than it) is flagged at once (strict comparisons, as in
-  Lightning). ``+-inf`` thresholds (the defaults) never fire.
+  Lightning). Infinite thresholds (the defaults) never fire, whatever their sign.
 
 Units: ``patience``, ``cooldown`` and ``start_step`` count calls (epochs, evaluation rounds or
 accumulated groups: whatever feeds the tracker), never optimizer steps unless it is fed every
@@ -96,7 +98,8 @@ def initial_fields(hp: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Tracker fields before any call."""
     return {
         "step": jnp.zeros([], jnp.int32),
-        "best_value": jnp.asarray(hp["baseline"], jnp.float32),
+        # A copy: the same buffer twice in one state could not be donated.
+        "best_value": jnp.array(hp["baseline"], dtype=jnp.float32, copy=True),
         "best_step": jnp.asarray(-1, jnp.int32),
         "wait": jnp.zeros([], jnp.int32),
         "cooldown_count": jnp.zeros([], jnp.int32),
@@ -150,21 +153,27 @@ def decide(mode: str, min_delta_mode: str, check_finite: bool, hp: dict[str, jax
     finite = jnp.isfinite(m)
     # Before any improvement the bar is the baseline held in the options, so a baseline set
     # with set_hyperparams after init (or per member of a population) takes effect.
-    best = jnp.where(fields["best_step"] < 0, hp["baseline"].astype(jnp.float32),
-                     fields["best_value"])
-    delta = hp["min_delta"].astype(jnp.float32)
+    f32 = jnp.float32
+    best = jnp.where(fields["best_step"] < 0, hp["baseline"].astype(f32),
+                     fields["best_value"].astype(f32))
+    # An infinite bar (no value seen and no baseline, or a baseline set to +-inf) is no bar:
+    # any finite value improves. Infinite thresholds likewise never fire, whatever their sign.
+    has_bar = jnp.isfinite(best)
+    delta = hp["min_delta"].astype(f32)
     if min_delta_mode == "rel":
-        # The margin is relative to |best|; an infinite best (nothing seen, no baseline)
-        # has no margin.
-        delta = delta * jnp.abs(jnp.where(jnp.isfinite(best), best, 0.0))
+        delta = delta * jnp.abs(jnp.where(has_bar, best, 0.0))
+    stop_at = hp["stopping_threshold"].astype(f32)
+    diverge_at = hp["divergence_threshold"].astype(f32)
     if mode == "min":
-        beats = jnp.where(jnp.isfinite(best), m < best - delta, m < best)
-        goal = m < hp["stopping_threshold"]
-        diverged = m > hp["divergence_threshold"]
+        beats = jnp.where(has_bar, m < best - delta, True)
+        goal = m < stop_at
+        diverged = m > diverge_at
     else:
-        beats = jnp.where(jnp.isfinite(best), m > best + delta, m > best)
-        goal = m > hp["stopping_threshold"]
-        diverged = m < hp["divergence_threshold"]
+        beats = jnp.where(has_bar, m > best + delta, True)
+        goal = m > stop_at
+        diverged = m < diverge_at
+    goal = goal & jnp.isfinite(stop_at)
+    diverged = diverged & jnp.isfinite(diverge_at)
     tracked = ~warm
     improved = tracked & finite & beats
     cooling = tracked & (fields["cooldown_count"] > 0)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jopt import _plateau, _tree
-from jopt._base import GradientTransformation, safe_increment
+from jopt._base import GradientTransformation, fresh, safe_increment
 from jopt._early_stopping import Status, _status, is_stopped
 from jopt._validate import as_state_scalar, check_real
 from jopt.errors import InvalidHyperparameterError, InvalidMetricError, TreeMismatchError
@@ -79,7 +79,9 @@ def reduce_on_plateau(
 
     With ``restore_best=True`` the state keeps a copy of the parameters at the best value
     (``params`` must be passed), and the reducing call returns ``best_params - params``
-    instead, which rolls the parameters back to the best copy when applied. Then this
+    instead, which rolls the parameters back to the best copy when applied (up to the
+    rounding of ``params + (best_params - params)`` in the updates' dtype; for a bitwise
+    roll-back, replace the parameters by ``state.best_params`` yourself). Then this
     transformation must be the *last* link of a chain (after the learning rate), so that the
     roll-back is applied as computed.
 
@@ -135,7 +137,8 @@ def reduce_on_plateau(
         if restore_best and params is None:
             raise InvalidHyperparameterError(
                 name, "params", None, "given to init when restore_best=True")
-        best = (jax.tree_util.tree_map(lambda p: jnp.asarray(p), params)
+        # A real copy: sharing the parameters' buffers would break buffer donation.
+        best = (jax.tree_util.tree_map(lambda p: jnp.array(p, copy=True), params)
                 if restore_best else None)
         return ReduceOnPlateauState(
             **_plateau.initial_fields(hp0),
@@ -143,7 +146,7 @@ def reduce_on_plateau(
             scale=jnp.ones([], jnp.float32),
             acc_sum=jnp.zeros([], jnp.float32),
             acc_count=jnp.zeros([], jnp.int32),
-            hyperparams=dict(hp0),
+            hyperparams=fresh(hp0),
             best_params=best,
         )
 
@@ -177,8 +180,11 @@ def reduce_on_plateau(
             [int(Status.REDUCED), int(Status.IMPROVED), int(Status.COOLDOWN),
              int(Status.WARMUP)], int(Status.RUNNING)).astype(jnp.int32)
         kept = {k: jnp.where(ready, new[k], fields[k]) for k in _FIELDS}
-        scale = jnp.where(reduce, jnp.maximum(state.scale * hp["factor"], hp["min_scale"]),
-                          state.scale)
+        f32 = jnp.float32
+        scale = jnp.where(
+            reduce,
+            jnp.maximum(state.scale * hp["factor"].astype(f32), hp["min_scale"].astype(f32)),
+            state.scale)
         take = ready & f["improved"]
         best = state.best_params
         if restore_best:
@@ -239,8 +245,17 @@ def gate_stopped(stopper_state: Any, new: Any, old: Any) -> Any:
     Raises:
       TreeMismatchError: if ``new`` and ``old`` differ in structure or shape.
     """
+    if not hasattr(stopper_state, "status") or not isinstance(stopper_state, tuple):
+        raise TreeMismatchError("gate_stopped", "the first argument is not an early-stopping "
+                                "state", "", "EarlyStoppingState", type(stopper_state).__name__)
     _tree.check_match("gate_stopped", old, new, expected_name="the old tree", got_name="new tree")
     stopped = is_stopped(stopper_state.status)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(new)[0]:
+        if tuple(jnp.shape(leaf))[:stopped.ndim] != tuple(stopped.shape):
+            raise TreeMismatchError(
+                "gate_stopped", "a leaf does not have the population axes of the state",
+                jax.tree_util.keystr(path), f"leading shape {tuple(stopped.shape)}",
+                f"shape {tuple(jnp.shape(leaf))}")
 
     def pick(n, o):
         s = stopped.reshape(stopped.shape + (1,) * (jnp.ndim(n) - stopped.ndim))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jopt import _tree
-from jopt._base import GradientTransformation, safe_increment, zero_count
+from jopt._base import GradientTransformation, fresh, safe_increment, zero_count
 from jopt._schedules import OneMinus, as_schedule_or_scalar, evaluate
 from jopt._validate import as_state_scalar, check_dtype_option, check_real
 from jopt.errors import InvalidHyperparameterError
@@ -53,7 +53,7 @@ def scale(step_size: float) -> GradientTransformation:
 
     def init_fn(params):
         del params
-        return ScaleState(hyperparams={"step_size": s0})
+        return ScaleState(hyperparams=fresh({"step_size": s0}))
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -110,7 +110,8 @@ def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> Gra
 
     def init_fn(params):
         del params
-        return ScaleByLearningRateState(count=zero_count(), hyperparams={"learning_rate": lr0})
+        return ScaleByLearningRateState(count=zero_count(),
+                                        hyperparams=fresh({"learning_rate": lr0}))
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -280,7 +281,7 @@ def scale_by_adam(
                 p, dtype=_moment_dtype(_tree.dtype_of(p), nu_dt or mu_dt, real=True)),
             params,
         )
-        return ScaleByAdamState(count=zero_count(), mu=mu, nu=nu, hyperparams=dict(hp0))
+        return ScaleByAdamState(count=zero_count(), mu=mu, nu=nu, hyperparams=fresh(hp0))
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -395,7 +396,7 @@ def trace(
         tr = jax.tree_util.tree_map(
             lambda p: jnp.zeros_like(p, dtype=_moment_dtype(_tree.dtype_of(p), acc_dt)), params
         )
-        return TraceState(trace=tr, hyperparams={"decay": d0})
+        return TraceState(trace=tr, hyperparams=fresh({"decay": d0}))
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jopt import _tree
-from jopt._base import GradientTransformation, safe_increment, zero_count
+from jopt._base import GradientTransformation, fresh, safe_increment, zero_count
 from jopt._schedules import as_schedule_or_scalar, evaluate
 from jopt.errors import InvalidHyperparameterError, TreeMismatchError
 
@@ -97,7 +97,7 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> GradientTr
     def init_fn(params):
         if mask is not None:
             _resolve_mask(name, mask, params)
-        return AddDecayedWeightsState(count=zero_count(), hyperparams={"weight_decay": wd0})
+        return AddDecayedWeightsState(count=zero_count(), hyperparams=fresh({"weight_decay": wd0}))
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args

@@ -476,3 +476,18 @@ def test_reduce_on_plateau_state_contract(dtype, restore_best):
     assert len(traces) == 1
     assert float(state[1].scale) < 1.0
     assert tree_signature(jax.eval_shape(tx.init, params)) == sig0
+
+
+@pytest.mark.parametrize("name,factory,_", REGISTRY, ids=REGISTRY_IDS)
+def test_state_can_be_donated_and_init_called_again(name, factory, _):
+    # Every init returns buffers of its own: donating a state neither aliases a buffer twice
+    # nor deletes the transformation's constants (a later init still works).
+    tx = factory()
+    params = make_params()
+    step = jax.jit(tx.update, donate_argnums=1)
+    state = tx.init(params)
+    for i in range(2):
+        _, state = step(_grads(params, i), state, params)
+    again = tx.init(params)
+    assert all(not x.is_deleted() for x in jax.tree_util.tree_leaves(again))
+    _, again = step(_grads(params), again, params)

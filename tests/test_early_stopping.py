@@ -236,3 +236,71 @@ def test_integer_metric_and_config_repr_equality():
     assert "patience=1" in repr(es)
     assert Status.STOPPED_NON_FINITE.message == "non-finite metric"
     assert math.isinf(float(es.init().best_value))
+
+
+def test_best_copy_is_a_real_copy_so_buffers_can_be_donated():
+    params = {"w": jnp.ones(4)}
+    es = jopt.early_stopping(patience=2, keep_best=True)
+    state = es.init(params)
+    assert state.best_params["w"] is not params["w"]
+    tx = jopt.chain(jopt.sgd(0.1), jopt.reduce_on_plateau(restore_best=True))
+    opt_state = tx.init(params)
+    assert opt_state[1].best_params["w"] is not params["w"]
+
+    def step(p, s, e):
+        u, s = tx.update(p, s, p, value=jnp.sum(p["w"]))
+        p = jopt.apply_updates(p, u)
+        return p, s, es.update(e, jnp.sum(p["w"]), p)
+
+    donated = jax.jit(step, donate_argnums=(0, 1, 2))
+    p, s, e = donated(params, opt_state, state)
+    p, s, e = donated(p, s, e)
+    assert int(e.step) == 2
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_infinite_thresholds_and_baseline_are_off_whatever_their_sign(sign):
+    es = jopt.early_stopping(patience=5, stopping_threshold=0.1, divergence_threshold=10.0,
+                             baseline=0.5)
+    state = jopt.set_hyperparams(es.init(), stopping_threshold=sign * INF,
+                                 divergence_threshold=sign * INF, baseline=sign * INF)
+    for m in (1.0, 0.05, 50.0):
+        state = es.update(state, m)
+    # 1.0 improves (no baseline), 0.05 improves (no goal), 50.0 does not (no divergence).
+    assert not jopt.should_stop(state)
+    assert float(state.best_value) == np.float32(0.05) and int(state.best_step) == 1
+
+
+def test_scalar_set_on_a_population_state_applies_to_every_member():
+    es = jopt.early_stopping(patience=1)
+    pop = jax.vmap(lambda p: jopt.set_hyperparams(es.init(), patience=p))(jnp.asarray([1, 2, 3]))
+    pop = jopt.set_hyperparams(pop, patience=4, min_delta=0.5)
+    assert pop.hyperparams["patience"].shape == (3,)
+    assert [int(x) for x in pop.hyperparams["patience"]] == [4, 4, 4]
+    pop = jax.vmap(es.update, in_axes=(0, None))(pop, jnp.float32(1.0))
+    assert jopt.stop_reason(pop)[0].startswith("running")
+
+
+def test_population_helpers_reject_wrong_inputs():
+    es = jopt.early_stopping()
+    pop = jax.vmap(lambda _: es.init())(jnp.arange(3))
+    with pytest.raises(jopt.errors.TreeMismatchError, match=r"gate_stopped: a leaf does not have the population axes"):
+        jopt.gate_stopped(pop, {"a": jnp.ones((4, 2))}, {"a": jnp.zeros((4, 2))})
+    with pytest.raises(jopt.errors.TreeMismatchError, match="gate_stopped: the first argument"):
+        jopt.gate_stopped(None, {"a": jnp.ones(3)}, {"a": jnp.zeros(3)})
+    with pytest.raises(jopt.errors.TreeMismatchError, match="should_stop: is a host-side helper .*state.stopped"):
+        jax.jit(lambda s: jnp.asarray(jopt.should_stop(s)))(es.init())
+    with pytest.raises(jopt.errors.InvalidHyperparameterError, match="best_params"):
+        jopt.best_params(None)
+
+
+def test_float64_options_under_x64_and_strict_promotion():
+    with jax.enable_x64(True):
+        es = jopt.early_stopping(stopping_threshold=np.float64(0.5), baseline=np.float64(2.0))
+        state = es.update(es.init(), np.float64(0.4))
+        assert jopt.stop_reason(state) == "goal reached (stopping_threshold)"
+        tx = jopt.reduce_on_plateau(factor=np.float64(0.5), min_scale=np.float64(0.1), patience=0)
+        s = tx.init({"w": jnp.ones(2)})
+        for v in (1.0, 2.0):
+            _, s = tx.update({"w": jnp.ones(2)}, s, value=v)
+        assert s.scale.dtype == jnp.float32 and float(s.scale) == 0.5
