@@ -69,6 +69,26 @@ def clip(max_delta: float) -> GradientTransformation:
     return GradientTransformation(init_fn, update_fn, name=name, config={"max_delta": max_delta})
 
 
+@jax.custom_jvp
+def _safe_sqrt(x: jax.Array) -> jax.Array:
+    """``sqrt(x)`` whose derivative at 0 is 0 instead of infinity.
+
+    Differentiating through the update at zero gradients must stay finite. A custom JVP keeps
+    the forward computation a plain ``sqrt``: a ``where``-guarded square root made XLA copy
+    the sum over every leaf into each leaf's kernel, and compile time grew with the square of
+    the number of leaves (3.8 s instead of 0.3 s at 200 leaves).
+    """
+    return jnp.sqrt(x)
+
+
+@_safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = jnp.sqrt(x)
+    positive = x > 0
+    return y, jnp.where(positive, 0.5 / jnp.where(positive, y, 1.0), 0.0) * dx
+
+
 class ClipByGlobalNormState(NamedTuple):
     """State of :func:`clip_by_global_norm`.
 
@@ -121,11 +141,7 @@ def clip_by_global_norm(max_norm: float, axis_name: Any = None) -> GradientTrans
         del extra_args
         _tree.check_state_type(name, state, ClipByGlobalNormState)
         updates, params = _tree.check_updates(name, updates, None, params)
-        sq = _tree.global_norm_sq(updates, axis_name)
-        # sqrt has an infinite derivative at 0: take it of a safe value so that
-        # differentiating through the update at zero gradients stays finite.
-        positive = sq > 0
-        norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), sq)
+        norm = _safe_sqrt(_tree.global_norm_sq(updates, axis_name))
         m = state.hyperparams["max_norm"].astype(norm.dtype)
         over = norm > m
         # u -> (u / norm) * max_norm where clipping, u / 1 * 1 (exactly u) elsewhere: the

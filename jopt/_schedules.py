@@ -379,8 +379,14 @@ class WarmupCosineDecay(Schedule):
         # The cosine part ends at end_value: a floor alpha = end / peak of the peak.
         nonzero = self.peak_value != 0
         alpha = jnp.where(nonzero, self.end_value / jnp.where(nonzero, self.peak_value, 1.0), 0.0)
-        decay = _cosine(t - self.warmup_steps, self.peak_value,
-                        self.decay_steps - self.warmup_steps, alpha, self.exponent)
+        steps = self.decay_steps - self.warmup_steps
+        decay = _cosine(t - self.warmup_steps, self.peak_value, steps, alpha, self.exponent)
+        # A zero peak has no alpha = end / peak: decay from 0 to end_value directly (optax's
+        # form would stay at 0 and never reach end_value).
+        one = jnp.ones_like(self.peak_value)
+        factor = _cosine(t - self.warmup_steps, one, steps, jnp.zeros_like(one), self.exponent)
+        decay = jnp.where(nonzero, decay, (self.peak_value - self.end_value) * factor
+                          + self.end_value)
         return jnp.where(t < self.warmup_steps, warm, decay)
 
 

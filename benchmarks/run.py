@@ -1,0 +1,534 @@
+"""Benchmarks jopt against optax: optimizer step time, compile time, bandwidth, state size.
+
+Run ``python benchmarks/run.py`` (about 10-15 minutes on 2 CPU cores) or
+``python benchmarks/run.py --quick`` (every size scaled down, under 3 minutes). Both libraries
+are timed in one process, in interleaved rounds: each round runs every contender of a case
+(jopt, optax, and an elementwise XLA "triad" kernel moving the same number of bytes) once, in
+a shuffled order. The figures reported are medians of per-round ratios, because the machines
+are shared and noisy. Results go to ``--out`` (default ``benchmarks/results/<date>-<device>``):
+``results.md`` (the table, also printed), ``results.json`` (every raw timing and the machine)
+and ``results.png`` (the ratios, with a line at 1.0).
+
+What is measured, per case and optimizer:
+
+- compile time: ``jax.jit(step, donate_argnums=(0, 1)).lower(...).compile()``, tracing
+  included, timed apart from the steps;
+- step time: the compiled step on donated params and state, after a warm-up, with
+  ``block_until_ready``; a round times ``inner`` consecutive steps and divides;
+- fraction of triad bandwidth: the minimum bytes the update must move (read params, grads and
+  each per-parameter state buffer; write params and state) per second, over the triad's bytes
+  per second in the same round;
+- XLA's ``cost_analysis()`` bytes accessed against that minimum, and the state's bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import random
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+import jopt
+
+try:
+    import optax
+except ImportError:  # pragma: no cover - optax is a test dependency
+    sys.exit("benchmarks/run.py needs optax: pip install -e '.[test]'")
+
+LIBS = ("jopt", "optax")
+CASES = ("big_leaf", "gpt2", "resnet50", "many_small", "compile_sweep")
+OPTIMIZERS = ("sgd", "adam", "adamw", "chain")
+# Per-parameter state buffers each optimizer must read and write (sgd: momentum; adam: mu, nu).
+STATE_BUFFERS = {"sgd": 1, "adam": 2, "adamw": 2, "chain": 2}
+F32 = 4
+
+
+# ----------------------------------------------------------------------------- shapes
+
+def _shrink(shape: tuple[int, ...], factor: int) -> tuple[int, ...]:
+    """Halves the largest dimension until the size is at most ``size / factor`` (or all 1)."""
+    dims = list(shape)
+    target = max(1, math.prod(shape) // factor)
+    while math.prod(dims) > target and max(dims) > 1:
+        i = dims.index(max(dims))
+        dims[i] = max(1, dims[i] // 2)
+    return tuple(dims)
+
+
+def gpt2_shapes() -> dict[str, tuple[int, ...]]:
+    """GPT-2 small: 12 blocks of d=768, vocab 50257, context 1024 (148 leaves, ~124M)."""
+    d, vocab, ctx = 768, 50257, 1024
+    shapes: dict[str, tuple[int, ...]] = {"wte": (vocab, d), "wpe": (ctx, d)}
+    for b in range(12):
+        p = f"h{b:02d}"
+        shapes |= {
+            f"{p}.ln_1.scale": (d,), f"{p}.ln_1.bias": (d,),
+            f"{p}.attn.c_attn.w": (d, 3 * d), f"{p}.attn.c_attn.b": (3 * d,),
+            f"{p}.attn.c_proj.w": (d, d), f"{p}.attn.c_proj.b": (d,),
+            f"{p}.ln_2.scale": (d,), f"{p}.ln_2.bias": (d,),
+            f"{p}.mlp.c_fc.w": (d, 4 * d), f"{p}.mlp.c_fc.b": (4 * d,),
+            f"{p}.mlp.c_proj.w": (4 * d, d), f"{p}.mlp.c_proj.b": (d,),
+        }
+    shapes |= {"ln_f.scale": (d,), "ln_f.bias": (d,)}
+    return shapes
+
+
+def resnet50_shapes() -> dict[str, tuple[int, ...]]:
+    """ResNet-50: conv kernels (HWIO), batch-norm scales and biases, the classifier (~25.6M)."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "stem.conv": (7, 7, 3, 64), "stem.bn.scale": (64,), "stem.bn.bias": (64,)}
+    cin = 64
+    for s, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+        for b in range(blocks):
+            p = f"stage{s}.block{b}"
+            convs = [(1, 1, cin, width), (3, 3, width, width), (1, 1, width, 4 * width)]
+            for c, kernel in enumerate(convs):
+                shapes[f"{p}.conv{c}"] = kernel
+                shapes[f"{p}.bn{c}.scale"] = (kernel[-1],)
+                shapes[f"{p}.bn{c}.bias"] = (kernel[-1],)
+            if b == 0:
+                shapes[f"{p}.proj.conv"] = (1, 1, cin, 4 * width)
+                shapes[f"{p}.proj.bn.scale"] = (4 * width,)
+                shapes[f"{p}.proj.bn.bias"] = (4 * width,)
+            cin = 4 * width
+    shapes |= {"fc.w": (2048, 1000), "fc.b": (1000,)}
+    return shapes
+
+
+def case_shapes(case: str, mode: str) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of a timed case; ``mode`` is full, quick or tiny."""
+    factor = {"full": 1, "quick": 64, "tiny": 4096}[mode]
+    if case == "big_leaf":
+        shapes = {"w": (1 << 24,)}  # 16.8M float32
+    elif case == "gpt2":
+        shapes = gpt2_shapes()
+    elif case == "resnet50":
+        shapes = resnet50_shapes()
+    elif case == "many_small":
+        n = {"full": 2000, "quick": 200, "tiny": 20}[mode]
+        return {f"p{i:04d}": ({"full": 1024, "quick": 256, "tiny": 16}[mode],) for i in range(n)}
+    else:
+        raise ValueError(case)
+    if mode == "tiny":  # a test of the program, not of the figures: a dozen leaves at most
+        keys = list(shapes)
+        shapes = {k: shapes[k] for k in keys[:: max(1, len(keys) // 12)]}
+    return {k: _shrink(v, factor) for k, v in shapes.items()}
+
+
+def sweep_sizes(mode: str) -> tuple[int, ...]:
+    return {"full": (10, 100, 1000, 5000), "quick": (10, 100, 1000), "tiny": (10, 30)}[mode]
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+def make_tx(lib: str, name: str) -> Any:
+    """The optimizer ``name`` built by ``lib``, with the same hyperparameters in both."""
+    m = jopt if lib == "jopt" else optax
+    if name == "sgd":
+        return m.sgd(1e-2, momentum=0.9)
+    if name == "adam":
+        return m.adam(1e-3)
+    if name == "adamw":
+        return m.adamw(1e-3, weight_decay=1e-4)
+    if name == "chain":
+        sched = m.warmup_cosine_decay_schedule(0.0, 1e-3, 100, 10_000)
+        return m.chain(m.clip_by_global_norm(1.0), m.adamw(sched, weight_decay=1e-4))
+    raise ValueError(name)
+
+
+def make_step(lib: str, tx: Any) -> Callable:
+    apply = jopt.apply_updates if lib == "jopt" else optax.apply_updates
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return apply(params, updates), state
+
+    return step
+
+
+def triad(a, b, s):
+    return a + s * b
+
+
+# ----------------------------------------------------------------------------- helpers
+
+_normal = jax.jit(lambda key, shape: jax.random.normal(key, shape, jnp.float32),
+                  static_argnums=1)
+
+
+def random_tree(shapes: dict[str, tuple[int, ...]], seed: int, scale: float = 1.0) -> dict:
+    """Fresh device buffers (never aliasing host memory, so donation always applies)."""
+    keys = jax.random.split(jax.random.key(seed), len(shapes))
+    out = {}
+    for i, (k, shape) in enumerate(shapes.items()):
+        x = _normal(keys[i], shape)
+        out[k] = x * jnp.float32(scale) if scale != 1.0 else x
+    return out
+
+
+def abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def tree_bytes(tree: Any) -> int:
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(tree)))
+
+
+def bytes_accessed(compiled: Any) -> float | None:
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend has a cost model
+        return None
+    if isinstance(ca, list | tuple):
+        ca = ca[0] if ca else {}
+    value = (ca or {}).get("bytes accessed")
+    return float(value) if value is not None else None
+
+
+def timed_compile(fn: Callable, args: tuple, donate: tuple[int, ...]) -> tuple[Any, float]:
+    """Traces, lowers and compiles ``fn`` for ``args`` (arrays or shapes): (compiled, seconds)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+    return compiled, time.perf_counter() - t0
+
+
+_PROBES: dict[tuple[str, str], tuple[float, float]] = {}
+
+
+def predicted_compile_s(opt: str, n_leaves: int) -> float:
+    """Extrapolated compile time of the slower library for ``n_leaves`` leaves.
+
+    Compiles the optimizer on 50 and 100 small leaves and fits ``t = c * n**k`` (compile time
+    can grow faster than linearly with the leaf count), so a run can skip a case that would
+    take far longer than the rest of the suite instead of hanging on it.
+    """
+    worst = 0.0
+    for lib in LIBS:
+        if (lib, opt) not in _PROBES:
+            probe = []
+            for n in (50, 100):
+                params = {f"p{i:05d}": jax.ShapeDtypeStruct((16,), jnp.float32)
+                          for i in range(n)}
+                tx = make_tx(lib, opt)
+                state = jax.eval_shape(tx.init, params)
+                probe.append(timed_compile(make_step(lib, tx), (params, state, params),
+                                           (0, 1))[1])
+            _PROBES[lib, opt] = (probe[0], probe[1])
+        t50, t100 = _PROBES[lib, opt]
+        k = min(3.0, max(1.0, math.log2(max(t100, 1e-6) / max(t50, 1e-6))))
+        worst = max(worst, t100 * (n_leaves / 100) ** k)
+    return worst
+
+
+def skipped_row(case: str, opt: str, n_leaves: int, n_params: int, predicted: float,
+                budget: float) -> dict:
+    print(f"{case}/{opt}: skipped, predicted compile {predicted:.0f} s > budget {budget:.0f} s",
+          flush=True)
+    return {"case": case, "optimizer": opt, "leaves": n_leaves, "params": n_params,
+            "skipped": f"predicted compile time {predicted:.0f} s > --compile-budget "
+                       f"{budget:.0f} s", "predicted_compile_s": predicted}
+
+
+def over_budget(opt: str, n_leaves: int, args: argparse.Namespace) -> float | None:
+    """The predicted compile time when it exceeds ``--compile-budget``, else None."""
+    if args.compile_budget <= 0 or n_leaves <= 200:
+        return None
+    predicted = predicted_compile_s(opt, n_leaves)
+    return predicted if predicted > args.compile_budget else None
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+class Contender:
+    """A compiled program and its live (donated, re-fed) arguments."""
+
+    def __init__(self, compiled: Any, carry: tuple, rest: tuple):
+        self.compiled, self.carry, self.rest = compiled, carry, rest
+
+    def run(self, n: int) -> float:
+        """Runs ``n`` consecutive calls; returns seconds per call."""
+        jax.block_until_ready(self.carry)
+        t0 = time.perf_counter()
+        carry = self.carry
+        for _ in range(n):
+            out = self.compiled(*carry, *self.rest)
+            carry = out if isinstance(out, tuple) else (out,)
+        jax.block_until_ready(carry)
+        dt = time.perf_counter() - t0
+        self.carry = carry
+        return dt / n
+
+
+# ----------------------------------------------------------------------------- cases
+
+def bench_case(case: str, opt: str, shapes: dict, args: argparse.Namespace,
+               rng: random.Random) -> dict:
+    """Compiles and times jopt, optax and the triad for one case and optimizer."""
+    n_params = sum(math.prod(s) for s in shapes.values())
+    predicted = over_budget(opt, len(shapes), args)
+    if predicted is not None:
+        return skipped_row(case, opt, len(shapes), n_params, predicted, args.compile_budget)
+    param_bytes = n_params * F32
+    min_bytes = (3 + 2 * STATE_BUFFERS[opt]) * param_bytes
+    grads = random_tree(shapes, seed=1, scale=1e-3)
+    row: dict[str, Any] = {
+        "case": case, "optimizer": opt, "leaves": len(shapes), "params": n_params,
+        "min_bytes": min_bytes, "compile_s": {}, "xla_bytes": {}, "state_bytes": {},
+    }
+    contenders: dict[str, Contender] = {}
+    for lib in rng.sample(LIBS, len(LIBS)):  # compile order shuffled too
+        tx = make_tx(lib, opt)
+        params = random_tree(shapes, seed=0)
+        state = tx.init(params)
+        compiled, secs = timed_compile(make_step(lib, tx), (abstract(params), abstract(state),
+                                                            abstract(grads)), (0, 1))
+        row["compile_s"][lib] = secs
+        row["xla_bytes"][lib] = bytes_accessed(compiled)
+        row["state_bytes"][lib] = tree_bytes(state)
+        contenders[lib] = Contender(compiled, (params, state), (grads,))
+    # The triad moves min_bytes: read a and b, write a (3 float32 per element).
+    n_triad = max(1, min_bytes // (3 * F32))
+    a = _normal(jax.random.key(2), (n_triad,))
+    b = _normal(jax.random.key(3), (n_triad,))
+    s = jnp.float32(0.5)
+    compiled, secs = timed_compile(triad, (a, b, s), (0,))
+    row["compile_s"]["triad"] = secs
+    contenders["triad"] = Contender(compiled, (a,), (b, s))
+    del a, b
+
+    # Warm-up, then pick how many steps one timing holds from the warm-up time.
+    warm = {}
+    for name, c in contenders.items():
+        c.run(1)
+        warm[name] = c.run(2)
+    inner = {name: max(1, min(args.max_inner, math.ceil(args.target_s / max(t, 1e-7))))
+             for name, t in warm.items()}
+    row["inner"] = inner
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name in rng.sample(sorted(contenders), len(contenders)):
+            times[name].append(contenders[name].run(inner[name]))
+    row["times_s"] = times
+    ratios = [j / o for j, o in zip(times["jopt"], times["optax"])]
+    row["ratio"] = median(ratios)
+    row["step_s"] = {name: median(t) for name, t in times.items()}
+    # Fraction of the triad's bandwidth, per round (same bytes, so a ratio of times).
+    row["triad_fraction"] = {
+        lib: median([t / u for t, u in zip(times["triad"], times[lib])]) for lib in LIBS}
+    row["triad_gbps"] = min_bytes / row["step_s"]["triad"] / 1e9
+    contenders.clear()
+    del grads
+    gc.collect()
+    return row
+
+
+def bench_sweep(n_leaves: int, args: argparse.Namespace, rng: random.Random) -> dict:
+    """Compile time only, for the chain optimizer on ``n_leaves`` leaves of 16 floats."""
+    predicted = over_budget("chain", n_leaves, args)
+    if predicted is not None:
+        return skipped_row(f"compile_sweep_{n_leaves}", "chain", n_leaves, 16 * n_leaves,
+                           predicted, args.compile_budget)
+    shapes = {f"p{i:05d}": (16,) for i in range(n_leaves)}
+    params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+    repeats = args.sweep_repeats if n_leaves <= 100 else 1
+    compile_s: dict[str, list[float]] = {lib: [] for lib in LIBS}
+    row: dict[str, Any] = {"case": f"compile_sweep_{n_leaves}", "optimizer": "chain",
+                           "leaves": n_leaves, "params": 16 * n_leaves, "xla_bytes": {},
+                           "state_bytes": {}}
+    for _ in range(repeats):
+        for lib in rng.sample(LIBS, len(LIBS)):
+            tx = make_tx(lib, "chain")
+            state = jax.eval_shape(tx.init, params)
+            compiled, secs = timed_compile(make_step(lib, tx), (params, state, params), (0, 1))
+            compile_s[lib].append(secs)
+            row["xla_bytes"][lib] = bytes_accessed(compiled)
+            row["state_bytes"][lib] = tree_bytes(state)
+    row["compile_times_s"] = compile_s
+    row["compile_s"] = {lib: median(t) for lib, t in compile_s.items()}
+    row["compile_ratio"] = median([j / o for j, o in zip(compile_s["jopt"], compile_s["optax"])])
+    row["min_bytes"] = (3 + 2 * STATE_BUFFERS["chain"]) * row["params"] * F32
+    return row
+
+
+# ----------------------------------------------------------------------------- output
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def markdown_table(rows: list[dict], info: dict) -> str:
+    head = (
+        "| case | optimizer | leaves | params | compile jopt (s) | compile optax (s) "
+        "| step jopt (ms) | step optax (ms) | **jopt/optax step (median)** "
+        "| jopt / triad BW | optax / triad BW | XLA bytes / min, jopt | XLA bytes / min, optax "
+        "| state MB jopt | state MB optax |")
+    lines = [
+        f"# jopt vs optax — {info['device_kind']}, {info['date']}",
+        "",
+        f"jax {info['jax']}, optax {info['optax']}, jopt {info['jopt']}, "
+        f"{info['cpu_count']} CPUs, mode {info['mode']}, {info['rounds']} rounds. "
+        "Ratios are medians of per-round ratios (< 1: jopt faster). "
+        "BW: fraction of the bandwidth of an `a + s*b` kernel moving the update's minimum bytes "
+        "in the same rounds. Compile sweep rows: the ratio is of compile times.",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
+    width = head.count("|") - 1
+    for r in rows:
+        if "skipped" in r:
+            cells = [r["case"], r["optimizer"], str(r["leaves"]), f"{r['params']:,}",
+                     f"skipped: {r['skipped']}"] + [""] * (width - 5)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        step = r.get("step_s", {})
+        tf = r.get("triad_fraction", {})
+        ratio = r["ratio"] if "ratio" in r else r["compile_ratio"]
+        xb = {lib: (r["xla_bytes"].get(lib) / r["min_bytes"]
+                    if r["xla_bytes"].get(lib) is not None else None) for lib in LIBS}
+        lines.append(
+            f"| {r['case']} | {r['optimizer']} | {r['leaves']} | {r['params']:,} "
+            f"| {r['compile_s']['jopt']:.2f} | {r['compile_s']['optax']:.2f} "
+            f"| {_fmt(step.get('jopt') and step['jopt'] * 1e3, '.3f')} "
+            f"| {_fmt(step.get('optax') and step['optax'] * 1e3, '.3f')} "
+            f"| **{ratio:.3f}** | {_fmt(tf.get('jopt'), '.2f')} | {_fmt(tf.get('optax'), '.2f')} "
+            f"| {_fmt(xb['jopt'], '.2f')} | {_fmt(xb['optax'], '.2f')} "
+            f"| {r['state_bytes']['jopt'] / 1e6:.2f} | {r['state_bytes']['optax'] / 1e6:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "skipped" not in r]
+    step_rows = [r for r in rows if "ratio" in r]
+    sweep_rows = [r for r in rows if "compile_ratio" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), width_ratios=[3, 1])
+    for ax, rs, key, title in (
+            (axes[0], step_rows, "times_s", "step time, jopt / optax (per round)"),
+            (axes[1], sweep_rows, "compile_times_s", "compile time, jopt / optax")):
+        labels = [f"{r['case']}\n{r['optimizer']}" for r in rs]
+        for i, r in enumerate(rs):
+            t = r[key]
+            per_round = [j / o for j, o in zip(t["jopt"], t["optax"])]
+            ax.scatter([i] * len(per_round), per_round, s=8, alpha=0.4, color="gray")
+            ax.scatter([i], [median(per_round)], marker="_", s=400, color="C0")
+        ax.axhline(1.0, color="red", lw=1)
+        ax.set_xticks(range(len(rs)), labels, rotation=90, fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("ratio (< 1: jopt faster)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def default_out(info: dict) -> str:
+    kind = re.sub(r"[^A-Za-z0-9_.-]+", "-", info["device_kind"]).strip("-").lower() or "device"
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(here, "results", f"{info['date']}-{kind}")
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="scale every size down (< 3 min)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # for the tests
+    p.add_argument("--out", help="output folder (default benchmarks/results/<date>-<device>)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds per case (default 15, quick 9)")
+    p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), metavar="CASE",
+                   help=f"cases to run (default all): {', '.join(CASES)}")
+    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS),
+                   metavar="OPT", help=f"optimizers (default all): {', '.join(OPTIMIZERS)}")
+    p.add_argument("--compile-budget", type=float,
+                   help="skip a case whose compile time, extrapolated from 50 and 100 leaves, "
+                        "exceeds this many seconds (default 120, quick 60; 0: never skip)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the round order")
+    args = p.parse_args(argv)
+    args.mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    if args.rounds is None:
+        args.rounds = {"full": 15, "quick": 9, "tiny": 3}[args.mode]
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    if args.compile_budget is None:
+        args.compile_budget = {"full": 120.0, "quick": 60.0, "tiny": 0.0}[args.mode]
+    # Seconds one timing aims at (several steps when a step is short), and at most this many.
+    args.target_s = {"full": 0.05, "quick": 0.02, "tiny": 0.001}[args.mode]
+    args.max_inner = {"full": 200, "quick": 100, "tiny": 5}[args.mode]
+    args.sweep_repeats = {"full": 3, "quick": 3, "tiny": 1}[args.mode]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    dev = jax.devices()[0]
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "datetime": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+        "optax": optax.__version__, "jopt": jopt.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "backend": jax.default_backend(), "device": str(dev), "device_kind": dev.device_kind,
+        "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+        "mode": args.mode, "rounds": args.rounds, "cases": args.cases,
+        "optimizers": args.optimizers, "seed": args.seed,
+    }
+    out = args.out or default_out(info)
+    os.makedirs(out, exist_ok=True)
+    rng = random.Random(args.seed)
+    rows: list[dict] = []
+    for case in args.cases:
+        if case == "compile_sweep":
+            for n in sweep_sizes(args.mode):
+                row = bench_sweep(n, args, rng)
+                rows.append(row)
+                if "skipped" not in row:
+                    print(f"{row['case']}: compile jopt {row['compile_s']['jopt']:.2f}s, "
+                          f"optax {row['compile_s']['optax']:.2f}s", flush=True)
+            continue
+        shapes = case_shapes(case, args.mode)
+        for opt in args.optimizers:
+            row = bench_case(case, opt, shapes, args, rng)
+            rows.append(row)
+            if "skipped" not in row:
+                print(f"{case}/{opt}: jopt/optax {row['ratio']:.3f} "
+                  f"(jopt {row['step_s']['jopt'] * 1e3:.3f} ms, "
+                      f"optax {row['step_s']['optax'] * 1e3:.3f} ms)", flush=True)
+    info["wall_s"] = time.perf_counter() - t_start
+    table = markdown_table(rows, info)
+    print()
+    print(table)
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"machine": info, "rows": rows}, f, indent=1, allow_nan=False)
+    plot(rows, os.path.join(out, "results.png"))
+    print(f"wrote {out}/results.md, results.json, results.png ({info['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
