@@ -535,11 +535,6 @@ def _batches(order: np.ndarray, batch_size: int):
     return [order[i:i + batch_size] for i in range(0, order.shape[0], batch_size)]
 
 
-def _finite_or_none(x: Any) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _fmt(x: float, spec: str = ".4f") -> str:
     if not math.isfinite(x):
         return str(x)
@@ -1078,16 +1073,21 @@ def _plot(path: str, metrics: dict[str, Any]) -> None:
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
     ax_lr.plot(x, lr, color="tab:green")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    s = metrics["summary"]
+    _finish(fig, ax_lr, path, f"Learning rate ({cfg['schedule']})",
+            f"jopt train: {cfg['dataset']}, {cfg['optimizer']}, peak lr "
+            f"{cfg['learning_rate']:g} | stop: {s['stop_reason']} | test acc "
+            f"{_fmt(s['test_accuracy'], '.3f')}")
+
+
+def _finish(fig: Any, ax_lr: Any, path: str, lr_title: str, title: str) -> None:
+    """Labels the learning-rate panel, titles the figure and writes the PNG."""
     ax_lr.set_xlabel("step")
     ax_lr.set_ylabel("learning rate")
-    ax_lr.set_title(f"Learning rate ({cfg['schedule']})")
-    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    ax_lr.set_title(lr_title)
     ax_lr.grid(alpha=0.3)
-    s = metrics["summary"]
-    fig.suptitle(
-        f"jopt train: {cfg['dataset']}, {cfg['optimizer']}, peak lr {cfg['learning_rate']:g}"
-        f" | stop: {s['stop_reason']} | test acc {_fmt(s['test_accuracy'], '.3f')}"
-    )
+    fig.suptitle(title)
     fig.savefig(path, dpi=110)
 
 
@@ -1149,14 +1149,8 @@ def _plot_population(path: str, metrics: dict[str, Any]) -> None:
     else:
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     plateau = " x plateau scale" if cfg.get("reduce_on_plateau") else ""
-    ax_lr.set_xlabel("step")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_title(f"Learning rate ({cfg['schedule']}{plateau})")
     ax_lr.legend(fontsize="small")
-    ax_lr.grid(alpha=0.3)
     pop = metrics["population"]
-    fig.suptitle(
-        f"jopt train --population: {cfg['dataset']}, {cfg['optimizer']}, "
-        f"{len(members)} members over {pop['hyperparameter']} (one vmapped step)"
-    )
-    fig.savefig(path, dpi=110)
+    _finish(fig, ax_lr, path, f"Learning rate ({cfg['schedule']}{plateau})",
+            f"jopt train --population: {cfg['dataset']}, {cfg['optimizer']}, "
+            f"{len(members)} members over {pop['hyperparameter']} (one vmapped step)")

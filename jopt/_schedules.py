@@ -45,7 +45,7 @@ def _fmt_num(x: Any) -> str:
     return f"{x:.7g}" if isinstance(x, float) else repr(x)
 
 
-def _count_f32(count: Any, like: Any = None) -> jax.Array:
+def _count_as(count: Any, like: Any = None) -> jax.Array:
     """The step count as a float of the schedule's dtype (float32 unless given wider)."""
     dtype = jnp.asarray(like).dtype if like is not None else jnp.float32
     return jnp.asarray(count).astype(dtype)
@@ -251,7 +251,7 @@ class Linear(Schedule):
     _name = "linear"
 
     def __call__(self, count):
-        t = _count_f32(count, self.init_value)
+        t = _count_as(count, self.init_value)
         return _ramp(t - self.transition_begin, self.init_value, self.end_value,
                      self.transition_steps)
 
@@ -327,7 +327,7 @@ class CosineDecay(Schedule):
     _name = "cosine_decay"
 
     def __call__(self, count):
-        t = _count_f32(count, self.init_value)
+        t = _count_as(count, self.init_value)
         return _cosine(t, self.init_value, self.decay_steps, self.alpha, self.exponent)
 
 
@@ -374,7 +374,7 @@ class WarmupCosineDecay(Schedule):
     _name = "warmup_cosine_decay"
 
     def __call__(self, count):
-        t = _count_f32(count, self.init_value)
+        t = _count_as(count, self.init_value)
         warm = _ramp(t, self.init_value, self.peak_value, self.warmup_steps)
         # The cosine part ends at end_value: a floor alpha = end / peak of the peak.
         nonzero = self.peak_value != 0
@@ -464,7 +464,7 @@ class ExponentialDecay(Schedule):
     _name = "exponential_decay"
 
     def __call__(self, count):
-        t = _count_f32(count, self.init_value)
+        t = _count_as(count, self.init_value)
         x = jnp.maximum(t - self.transition_begin, 0.0)
         p = x / jnp.where(self.transition_steps > 0, self.transition_steps, 1.0)
         if self.staircase:

@@ -383,29 +383,8 @@ def test_counters_saturate_instead_of_wrapping():
     assert int(jopt.safe_increment(jnp.int32(int_max))) == int_max
 
 
-def test_sharded_state_does_not_recompile_second_step():
-    mesh = Mesh(np.array(jax.devices()), ("x",))
-    sh = NamedSharding(mesh, P("x"))
-    params = {"w": jax.device_put(jnp.ones((16, 4)), sh)}
-    tx = jopt.chain(jopt.clip_by_global_norm(1.0), jopt.adamw(jopt.cosine_decay(1e-2, 10)))
-    traces = []
-
-    @jax.jit
-    def step(p, s):
-        traces.append(1)
-        u, s = tx.update(jax.tree_util.tree_map(lambda x: x * 0.5, p), s, p)
-        return jopt.apply_updates(p, u), s
-
-    state = tx.init(params)
-    leaves0 = jax.tree_util.tree_leaves(state)
-    for _ in range(3):
-        params, state = step(params, state)
-    assert len(traces) == 1
-    for a, b in zip(leaves0, jax.tree_util.tree_leaves(state)):
-        assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
-
-
-def test_set_hyperparams_on_sharded_state_does_not_recompile():
+def _sharded_run():
+    """Sharded params, a chain with a schedule, and a jitted step that records its traces."""
     mesh = Mesh(np.array(jax.devices()), ("x",))
     params = {"w": jax.device_put(jnp.ones((16, 4)), NamedSharding(mesh, P("x")))}
     tx = jopt.chain(jopt.clip_by_global_norm(1.0), jopt.adamw(jopt.cosine_decay(1e-2, 10)))
@@ -417,6 +396,22 @@ def test_set_hyperparams_on_sharded_state_does_not_recompile():
         u, s = tx.update(jax.tree_util.tree_map(lambda x: x * 0.5, p), s, p)
         return jopt.apply_updates(p, u), s
 
+    return params, tx, step, traces
+
+
+def test_sharded_state_does_not_recompile_second_step():
+    params, tx, step, traces = _sharded_run()
+    state = tx.init(params)
+    leaves0 = jax.tree_util.tree_leaves(state)
+    for _ in range(3):
+        params, state = step(params, state)
+    assert len(traces) == 1
+    for a, b in zip(leaves0, jax.tree_util.tree_leaves(state)):
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
+
+
+def test_set_hyperparams_on_sharded_state_does_not_recompile():
+    params, tx, step, traces = _sharded_run()
     state = tx.init(params)
     params, state = step(params, state)
     for kw in ({"weight_decay": 1e-3}, {"b1": 0.8}, {"eps": 1e-6}, {"max_norm": 2.0},
