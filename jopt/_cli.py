@@ -767,7 +767,9 @@ def _train(args: argparse.Namespace) -> int:
         print(f"  plateau scale:  {summary['plateau_scale']:g} (learning rate multiplier at "
               f"the end)")
     if compare is not None:
-        same = compare["max_rel_loss_diff"] <= 1e-5 or compare["max_scaled_loss_diff"] <= 1e-6
+        # Rounding differences (clipping multiplies by one scalar factor where optax divides)
+        # grow slowly through training; under 1e-5 of the initial loss is float32 noise.
+        same = compare["max_rel_loss_diff"] <= 1e-5 or compare["max_scaled_loss_diff"] <= 1e-5
         verdict = "same trajectory to float32 rounding" if same else "trajectories differ"
         print(f"  optax compare:  max relative loss difference "
               f"{compare['max_rel_loss_diff']:.3g} over {compare['steps']} steps "
