@@ -30,10 +30,17 @@ from jopt._early_stopping import should_stop as should_stop
 from jopt._early_stopping import stop_reason as stop_reason
 from jopt._hyperparams import get_hyperparams as get_hyperparams
 from jopt._hyperparams import set_hyperparams as set_hyperparams
+from jopt._packed import FlattenState as FlattenState
+from jopt._packed import Layout as Layout
+from jopt._packed import Packed as Packed
+from jopt._packed import flatten as flatten
+from jopt._packed import pack as pack
+from jopt._packed import unpack as unpack
 from jopt._reduce_on_plateau import ReduceOnPlateauState as ReduceOnPlateauState
 from jopt._reduce_on_plateau import gate_stopped as gate_stopped
 from jopt._reduce_on_plateau import population_status as population_status
 from jopt._reduce_on_plateau import reduce_on_plateau as reduce_on_plateau
+from jopt._rounding import stochastic_round as stochastic_round
 from jopt._scale import ScaleByAdamState as ScaleByAdamState
 from jopt._scale import ScaleByLearningRateState as ScaleByLearningRateState
 from jopt._scale import ScaleState as ScaleState
@@ -70,7 +77,10 @@ __all__ = [
     "EarlyStopping",
     "EarlyStoppingState",
     "EmptyState",
+    "FlattenState",
     "GradientTransformation",
+    "Layout",
+    "Packed",
     "ReduceOnPlateauState",
     "ScaleByAdamState",
     "ScaleByLearningRateState",
@@ -93,6 +103,7 @@ __all__ = [
     "early_stopping",
     "errors",
     "exponential_decay",
+    "flatten",
     "gate_stopped",
     "get_hyperparams",
     "identity",
@@ -102,6 +113,7 @@ __all__ = [
     "linear_schedule",
     "make_schedule",
     "named_chain",
+    "pack",
     "piecewise_constant",
     "piecewise_constant_schedule",
     "population_status",
@@ -114,9 +126,11 @@ __all__ = [
     "set_hyperparams",
     "sgd",
     "should_stop",
+    "stochastic_round",
     "stop_reason",
     "to_optax",
     "trace",
+    "unpack",
     "warmup_cosine_decay",
     "warmup_cosine_decay_schedule",
 ]

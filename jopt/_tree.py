@@ -183,16 +183,37 @@ def _wider(a: np.dtype, b: np.dtype) -> np.dtype:
     return a if a.itemsize >= b.itemsize else b
 
 
-def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
-    """Adds updates to parameters; each result leaf keeps its parameter's dtype.
+def apply_updates(params: PyTree, updates: PyTree, *, key: jax.Array | None = None) -> PyTree:
+    r"""Adds updates to parameters; each result leaf keeps its parameter's dtype.
 
     The sum is computed in the wider of the two dtypes, then cast back to the parameter's
     dtype, so float32 updates added to bfloat16 parameters lose no more than the final
     rounding. Leaves that are ``None`` in ``params`` stay ``None``.
 
+    With ``key``, every parameter leaf of a floating dtype narrower than float32 (bfloat16,
+    float16, float8 types) is updated with stochastic rounding instead of round-to-nearest:
+
+    .. math::
+
+      p_{\text{new}} = \operatorname{stochastic\_round}(\operatorname{float32}(p) + u,
+        \operatorname{dtype}(p)), \qquad \mathbb{E}[p_{\text{new}}] = p + u,
+
+    with the sum in float64 instead when ``u`` is float64, and a random stream per leaf (``key``
+    folded with the leaf's index in ``jax.tree_util.tree_leaves(params)``). With
+    round-to-nearest, an update smaller than half the spacing of the parameter's dtype at
+    ``p`` is lost entirely: a bfloat16 weight of ``1.0`` plus ``1e-4`` stays ``1.0``, step
+    after step, since bfloat16 values near 1 are ``2**-7`` apart. Stochastic rounding keeps
+    such updates in expectation, so low-precision training keeps following small learning
+    rates (Gupta et al., 2015; Zamirai et al., 2020). Special values and overflow follow
+    round-to-nearest; see :func:`jopt.stochastic_round`. float32, float64, complex and integer
+    leaves are updated exactly as without ``key``. Use a fresh key every step (for example
+    ``jax.random.fold_in(key, step)``): the same key gives the same rounding.
+
     Args:
       params: a tree of arrays.
       updates: a tree of arrays with the same structure and shapes as ``params``.
+      key: optional JAX PRNG key (``jax.random.key(seed)`` or ``jax.random.PRNGKey(seed)``);
+        when given, low-precision leaves are rounded stochastically. Keyword only.
 
     Returns:
       ``params + updates``, same tree, shapes and dtypes as ``params``.
@@ -200,6 +221,24 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     Raises:
       TreeMismatchError: if the trees differ in structure or a shape differs; the message
         names the tree path.
+      InvalidHyperparameterError: if ``key`` is given and is not one PRNG key.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jopt
+      >>> params = {"w": jnp.ones((10_000,), jnp.bfloat16)}
+      >>> updates = {"w": jnp.full((10_000,), 1e-3)}  # below half a bfloat16 spacing at 1.0
+      >>> float(jopt.apply_updates(params, updates)["w"].astype(jnp.float32).mean())
+      1.0
+      >>> new = jopt.apply_updates(params, updates, key=jax.random.key(0))
+      >>> bool(abs(new["w"].astype(jnp.float32).mean() - 1.001) < 3e-4)
+      True
+
+    References:
+      Gupta, Agrawal, Gopalakrishnan and Narayanan, 2015. `Deep Learning with Limited
+      Numerical Precision <https://arxiv.org/abs/1502.02551>`_.
+
+      Zamirai, Zhang, Aberger and De Sa, 2020. `Revisiting BFloat16 Training
+      <https://arxiv.org/abs/2010.06192>`_.
     """
     check_match(
         "apply_updates", params, updates, expected_name="the parameters", got_name="updates"
@@ -215,7 +254,29 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
             return (jnp.asarray(p).astype(ct) + jnp.asarray(u).astype(ct)).astype(p_dtype)
         return (jnp.asarray(p).astype(ct) + jnp.asarray(u).astype(ct)).real.astype(p_dtype)
 
-    return jax.tree_util.tree_map(add, params, updates)
+    if key is None:
+        return jax.tree_util.tree_map(add, params, updates)
+
+    from jopt import _rounding
+
+    key = _rounding.check_key("apply_updates", key)
+
+    def add_rounded(index, p, u):
+        p, u = jnp.asarray(p), jnp.asarray(u)
+        p_dtype = np.dtype(p.dtype)
+        if not (jnp.issubdtype(p_dtype, jnp.floating) and p_dtype.itemsize < 4):
+            return add(p, u)
+        ct = _wider(_wider(p_dtype, np.dtype(u.dtype)), np.dtype(np.float32))
+        total = p.astype(ct) + u.astype(ct)
+        if jnp.issubdtype(ct, jnp.complexfloating):
+            total = total.real
+        return _rounding.stochastic_round(total, p_dtype, jax.random.fold_in(key, index))
+
+    p_leaves, treedef = jax.tree_util.tree_flatten(params)
+    u_leaves = treedef.flatten_up_to(updates)
+    return treedef.unflatten(
+        [add_rounded(i, p, u) for i, (p, u) in enumerate(zip(p_leaves, u_leaves))]
+    )
 
 
 def check_state_type(transformation: str, state: Any, cls: type) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from jopt import _tree
 from jopt._base import GradientTransformation, fresh, safe_increment, zero_count
+from jopt._packed import Packed
 from jopt._schedules import as_schedule_or_scalar, evaluate
 from jopt.errors import InvalidHyperparameterError, TreeMismatchError
 
@@ -27,9 +28,18 @@ class AddDecayedWeightsState(NamedTuple):
 
 
 def _resolve_mask(name: str, mask: Any, params: Any) -> Any:
-    """The boolean mask tree for ``params`` (``None``: every leaf is decayed)."""
+    """The boolean mask tree for ``params`` (``None``: every leaf is decayed).
+
+    For packed parameters (:class:`jopt.Packed`) the mask refers to the original tree; it is
+    returned as a :class:`jopt.Packed` of per-buffer masks (a Python bool for a buffer whose
+    leaves agree, else a boolean array marking each leaf's elements).
+    """
     if mask is None:
         return None
+    if isinstance(params, Packed):
+        logical = params.unpack()
+        per_leaf = jax.tree_util.tree_leaves(_resolve_mask(name, mask, logical))
+        return Packed(params.layout.expand(per_leaf, jnp.bool_), params.layout)
     tree = mask(params) if callable(mask) else mask
     _tree.check_match(
         name, params, tree, expected_name="the parameters", got_name="mask", shapes=False
@@ -111,11 +121,14 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> GradientTr
         m = _resolve_mask(name, mask, params)
 
         def one(u, p, decay=True):
-            if not decay:
+            if decay is False:
                 return u
             ct = _tree.compute_dtype(u.dtype)
             w = _tree.cast_scalar(wd, ct)
-            return (u.astype(ct) + w * p.astype(ct)).astype(u.dtype)
+            decayed = u.astype(ct) + w * p.astype(ct)
+            if decay is not True:  # a packed buffer holding decayed and plain leaves
+                decayed = jnp.where(decay, decayed, u.astype(ct))
+            return decayed.astype(u.dtype)
 
         if m is None:
             new = jax.tree_util.tree_map(one, updates, params)
