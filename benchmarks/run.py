@@ -50,11 +50,12 @@ try:
 except ImportError:  # pragma: no cover - optax is a test dependency
     sys.exit("benchmarks/run.py needs optax: pip install -e '.[test]'")
 
-LIBS = ("jopt", "optax")
-CASES = ("big_leaf", "gpt2", "resnet50", "many_small", "compile_sweep")
-OPTIMIZERS = ("sgd", "adam", "adamw", "chain")
-# Per-parameter state buffers each optimizer must read and write (sgd: momentum; adam: mu, nu).
-STATE_BUFFERS = {"sgd": 1, "adam": 2, "adamw": 2, "chain": 2}
+# jopt's layouts: per-leaf parameters and state ("jopt"), per-leaf parameters with the state in
+# flat buffers (jopt.flatten, "jopt-flat"), parameters packed into flat buffers (jopt.pack,
+# "jopt-packed").
+VARIANTS = ("jopt", "jopt-flat", "jopt-packed")
+CASES = ("big_leaf", "gpt2", "resnet50", "many_small", "compile_sweep", "digits_8bit")
+OPTIMIZERS = ("sgd", "adam", "adamw", "chain", "adam8bit")
 F32 = 4
 
 
@@ -137,8 +138,14 @@ def sweep_sizes(mode: str) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------- optimizers
 
 def make_tx(lib: str, name: str) -> Any:
-    """The optimizer ``name`` built by ``lib``, with the same hyperparameters in both."""
-    m = jopt if lib == "jopt" else optax
+    """The optimizer ``name`` built by ``lib`` (optax or a jopt variant), with the same
+    hyperparameters in both. ``adam8bit`` is jopt's 8-bit block-wise Adam; optax has none, so
+    its optax contender is optax's float32 Adam (the same update rule)."""
+    if lib == "jopt-flat":
+        return jopt.flatten(make_tx("jopt", name))
+    m = jopt if lib.startswith("jopt") else optax
+    if name == "adam8bit":
+        return jopt.adam_8bit(1e-3) if m is jopt else optax.adam(1e-3)
     if name == "sgd":
         return m.sgd(1e-2, momentum=0.9)
     if name == "adam":
@@ -152,7 +159,7 @@ def make_tx(lib: str, name: str) -> Any:
 
 
 def make_step(lib: str, tx: Any) -> Callable:
-    apply = jopt.apply_updates if lib == "jopt" else optax.apply_updates
+    apply = jopt.apply_updates if lib.startswith("jopt") else optax.apply_updates
 
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
@@ -211,45 +218,48 @@ def timed_compile(fn: Callable, args: tuple, donate: tuple[int, ...]) -> tuple[A
 _PROBES: dict[tuple[str, str], tuple[float, float]] = {}
 
 
-def predicted_compile_s(opt: str, n_leaves: int) -> float:
-    """Extrapolated compile time of the slower library for ``n_leaves`` leaves.
+def contenders_for(case: str, opt: str) -> tuple[str, ...]:
+    """The libraries and jopt layouts timed for a case: one leaf needs no flat layout, and
+    ``adam8bit`` is timed in jopt's plain layout only."""
+    if case == "big_leaf" or opt == "adam8bit":
+        return ("jopt", "optax")
+    return VARIANTS + ("optax",)
+
+
+def prepare(lib: str, tx: Any, params: Any, grads: Any) -> tuple[Any, Any]:
+    """The parameters and gradients a contender is fed (packed for ``jopt-packed``)."""
+    if lib == "jopt-packed":
+        return jopt.pack(params), jopt.pack(grads)
+    return params, grads
+
+
+def predicted_compile_s(lib: str, opt: str, n_leaves: int) -> float:
+    """Extrapolated compile time of one contender for ``n_leaves`` leaves.
 
     Compiles the optimizer on 50 and 100 small leaves and fits ``t = c * n**k`` (compile time
-    can grow faster than linearly with the leaf count), so a run can skip a case that would
-    take far longer than the rest of the suite instead of hanging on it.
+    can grow faster than linearly with the leaf count), so a run can skip a contender that
+    would take far longer than the rest of the suite instead of hanging on it.
     """
-    worst = 0.0
-    for lib in LIBS:
-        if (lib, opt) not in _PROBES:
-            probe = []
-            for n in (50, 100):
-                params = {f"p{i:05d}": jax.ShapeDtypeStruct((16,), jnp.float32)
-                          for i in range(n)}
-                tx = make_tx(lib, opt)
-                state = jax.eval_shape(tx.init, params)
-                probe.append(timed_compile(make_step(lib, tx), (params, state, params),
-                                           (0, 1))[1])
-            _PROBES[lib, opt] = (probe[0], probe[1])
-        t50, t100 = _PROBES[lib, opt]
-        k = min(3.0, max(1.0, math.log2(max(t100, 1e-6) / max(t50, 1e-6))))
-        worst = max(worst, t100 * (n_leaves / 100) ** k)
-    return worst
+    if (lib, opt) not in _PROBES:
+        probe = []
+        for n in (50, 100):
+            params = {f"p{i:05d}": jnp.zeros((16,), jnp.float32) for i in range(n)}
+            tx = make_tx(lib, opt)
+            p, g = prepare(lib, tx, params, params)
+            state = jax.eval_shape(tx.init, p)
+            probe.append(timed_compile(make_step(lib, tx), (abstract(p), state, abstract(g)),
+                                       (0, 1))[1])
+        _PROBES[lib, opt] = (probe[0], probe[1])
+    t50, t100 = _PROBES[lib, opt]
+    k = min(3.0, max(1.0, math.log2(max(t100, 1e-6) / max(t50, 1e-6))))
+    return t100 * (n_leaves / 100) ** k
 
 
-def skipped_row(case: str, opt: str, n_leaves: int, n_params: int, predicted: float,
-                budget: float) -> dict:
-    print(f"{case}/{opt}: skipped, predicted compile {predicted:.0f} s > budget {budget:.0f} s",
-          flush=True)
-    return {"case": case, "optimizer": opt, "leaves": n_leaves, "params": n_params,
-            "skipped": f"predicted compile time {predicted:.0f} s > --compile-budget "
-                       f"{budget:.0f} s", "predicted_compile_s": predicted}
-
-
-def over_budget(opt: str, n_leaves: int, args: argparse.Namespace) -> float | None:
+def over_budget(lib: str, opt: str, n_leaves: int, args: argparse.Namespace) -> float | None:
     """The predicted compile time when it exceeds ``--compile-budget``, else None."""
     if args.compile_budget <= 0 or n_leaves <= 200:
         return None
-    predicted = predicted_compile_s(opt, n_leaves)
+    predicted = predicted_compile_s(lib, opt, n_leaves)
     return predicted if predicted > args.compile_budget else None
 
 
@@ -281,31 +291,46 @@ class Contender:
 
 def bench_case(case: str, opt: str, shapes: dict, args: argparse.Namespace,
                rng: random.Random) -> dict:
-    """Compiles and times jopt, optax and the triad for one case and optimizer."""
+    """Compiles and times optax, jopt's layouts and the triad for one case and optimizer.
+
+    Every contender runs once per round, in a shuffled order. On the big leaf, the chain row
+    also times jopt's plain adamw in the same rounds (``jopt-adamw``), for the cost of the
+    clipping and the schedule.
+    """
     n_params = sum(math.prod(s) for s in shapes.values())
-    predicted = over_budget(opt, len(shapes), args)
-    if predicted is not None:
-        return skipped_row(case, opt, len(shapes), n_params, predicted, args.compile_budget)
     param_bytes = n_params * F32
-    min_bytes = (3 + 2 * STATE_BUFFERS[opt]) * param_bytes
     grads = random_tree(shapes, seed=1, scale=1e-3)
     row: dict[str, Any] = {
         "case": case, "optimizer": opt, "leaves": len(shapes), "params": n_params,
-        "min_bytes": min_bytes, "compile_s": {}, "xla_bytes": {}, "state_bytes": {},
+        "compile_s": {}, "xla_bytes": {}, "state_bytes": {}, "min_bytes": {}, "skipped": {},
     }
+    entries = [(lib, opt) for lib in contenders_for(case, opt)]
+    if case == "big_leaf" and opt == "chain":
+        entries.append(("jopt-adamw", "adamw"))
     contenders: dict[str, Contender] = {}
-    for lib in rng.sample(LIBS, len(LIBS)):  # compile order shuffled too
-        tx = make_tx(lib, opt)
-        params = random_tree(shapes, seed=0)
+    for name, o in rng.sample(entries, len(entries)):  # compile order shuffled too
+        lib = "jopt" if name == "jopt-adamw" else name
+        predicted = over_budget(lib, o, len(shapes), args)
+        if predicted is not None:
+            row["skipped"][name] = predicted
+            print(f"{case}/{opt}/{name}: skipped, predicted compile {predicted:.0f} s > "
+                  f"budget {args.compile_budget:.0f} s", flush=True)
+            continue
+        tx = make_tx(lib, o)
+        params, g = prepare(lib, tx, random_tree(shapes, seed=0), grads)
         state = tx.init(params)
         compiled, secs = timed_compile(make_step(lib, tx), (abstract(params), abstract(state),
-                                                            abstract(grads)), (0, 1))
-        row["compile_s"][lib] = secs
-        row["xla_bytes"][lib] = bytes_accessed(compiled)
-        row["state_bytes"][lib] = tree_bytes(state)
-        contenders[lib] = Contender(compiled, (params, state), (grads,))
-    # The triad moves min_bytes: read a and b, write a (3 float32 per element).
-    n_triad = max(1, min_bytes // (3 * F32))
+                                                            abstract(g)), (0, 1))
+        row["compile_s"][name] = secs
+        row["xla_bytes"][name] = bytes_accessed(compiled)
+        row["state_bytes"][name] = tree_bytes(state)
+        # The least an update can move: read params and grads, write params, read and write
+        # every state buffer of this contender.
+        row["min_bytes"][name] = 3 * param_bytes + 2 * row["state_bytes"][name]
+        contenders[name] = Contender(compiled, (params, state), (g,))
+    # The triad moves the optax contender's minimum bytes: read a and b, write a.
+    triad_bytes = row["min_bytes"]["optax"]
+    n_triad = max(1, triad_bytes // (3 * F32))
     a = _normal(jax.random.key(2), (n_triad,))
     b = _normal(jax.random.key(3), (n_triad,))
     s = jnp.float32(0.5)
@@ -327,13 +352,19 @@ def bench_case(case: str, opt: str, shapes: dict, args: argparse.Namespace,
         for name in rng.sample(sorted(contenders), len(contenders)):
             times[name].append(contenders[name].run(inner[name]))
     row["times_s"] = times
-    ratios = [j / o for j, o in zip(times["jopt"], times["optax"])]
-    row["ratio"] = median(ratios)
+    timed = [n for n in contenders if n not in ("triad", "optax")]
+    row["ratio"] = {n: median([j / o for j, o in zip(times[n], times["optax"])]) for n in timed}
     row["step_s"] = {name: median(t) for name, t in times.items()}
-    # Fraction of the triad's bandwidth, per round (same bytes, so a ratio of times).
+    # Fraction of the triad's bandwidth, per round: each contender's minimum bytes per second
+    # over the triad's bytes per second.
     row["triad_fraction"] = {
-        lib: median([t / u for t, u in zip(times["triad"], times[lib])]) for lib in LIBS}
-    row["triad_gbps"] = min_bytes / row["step_s"]["triad"] / 1e9
+        n: median([row["min_bytes"][n] / t / (triad_bytes / u)
+                   for t, u in zip(times[n], times["triad"])])
+        for n in contenders if n != "triad"}
+    row["triad_gbps"] = triad_bytes / row["step_s"]["triad"] / 1e9
+    if "jopt-adamw" in times:
+        row["chain_over_adamw"] = median([c / w for c, w in zip(times["jopt"],
+                                                                 times["jopt-adamw"])])
     contenders.clear()
     del grads
     gc.collect()
@@ -342,29 +373,66 @@ def bench_case(case: str, opt: str, shapes: dict, args: argparse.Namespace,
 
 def bench_sweep(n_leaves: int, args: argparse.Namespace, rng: random.Random) -> dict:
     """Compile time only, for the chain optimizer on ``n_leaves`` leaves of 16 floats."""
-    predicted = over_budget("chain", n_leaves, args)
-    if predicted is not None:
-        return skipped_row(f"compile_sweep_{n_leaves}", "chain", n_leaves, 16 * n_leaves,
-                           predicted, args.compile_budget)
     shapes = {f"p{i:05d}": (16,) for i in range(n_leaves)}
-    params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+    params = {k: jnp.zeros(s, jnp.float32) for k, s in shapes.items()}
     repeats = args.sweep_repeats if n_leaves <= 100 else 1
-    compile_s: dict[str, list[float]] = {lib: [] for lib in LIBS}
+    names = VARIANTS + ("optax",)
     row: dict[str, Any] = {"case": f"compile_sweep_{n_leaves}", "optimizer": "chain",
                            "leaves": n_leaves, "params": 16 * n_leaves, "xla_bytes": {},
-                           "state_bytes": {}}
+                           "state_bytes": {}, "skipped": {}, "min_bytes": {}}
+    compile_s: dict[str, list[float]] = {}
+    for name in names:
+        predicted = over_budget(name, "chain", n_leaves, args)
+        if predicted is not None:
+            row["skipped"][name] = predicted
+            print(f"compile_sweep_{n_leaves}/{name}: skipped, predicted compile "
+                  f"{predicted:.0f} s > budget {args.compile_budget:.0f} s", flush=True)
+        else:
+            compile_s[name] = []
     for _ in range(repeats):
-        for lib in rng.sample(LIBS, len(LIBS)):
-            tx = make_tx(lib, "chain")
-            state = jax.eval_shape(tx.init, params)
-            compiled, secs = timed_compile(make_step(lib, tx), (params, state, params), (0, 1))
-            compile_s[lib].append(secs)
-            row["xla_bytes"][lib] = bytes_accessed(compiled)
-            row["state_bytes"][lib] = tree_bytes(state)
+        for name in rng.sample(sorted(compile_s), len(compile_s)):
+            tx = make_tx(name, "chain")
+            p, g = prepare(name, tx, params, params)
+            state = jax.eval_shape(tx.init, p)
+            compiled, secs = timed_compile(make_step(name, tx), (abstract(p), state,
+                                                                 abstract(g)), (0, 1))
+            compile_s[name].append(secs)
+            row["xla_bytes"][name] = bytes_accessed(compiled)
+            row["state_bytes"][name] = tree_bytes(state)
+            row["min_bytes"][name] = 3 * row["params"] * F32 + 2 * row["state_bytes"][name]
     row["compile_times_s"] = compile_s
-    row["compile_s"] = {lib: median(t) for lib, t in compile_s.items()}
-    row["compile_ratio"] = median([j / o for j, o in zip(compile_s["jopt"], compile_s["optax"])])
-    row["min_bytes"] = (3 + 2 * STATE_BUFFERS["chain"]) * row["params"] * F32
+    row["compile_s"] = {n: median(t) for n, t in compile_s.items()}
+    # Against optax's measured compile time, or its prediction when it was skipped.
+    optax_s = row["compile_s"].get("optax", row["skipped"].get("optax"))
+    row["compile_ratio"] = {n: row["compile_s"][n] / optax_s for n in row["compile_s"]
+                            if n != "optax"}
+    return row
+
+
+def bench_digits_8bit(args: argparse.Namespace) -> dict:
+    """``jopt train`` on digits with float32 and with 8-bit Adam moments (same seed)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from jopt import _cli
+
+    row: dict[str, Any] = {"case": "digits_8bit", "optimizer": "adamw", "test_accuracy": {},
+                           "epochs": {}}
+    extra = ["--epochs", "2"] if args.mode == "tiny" else []
+    for moments in ("float32", "8bit"):
+        with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
+            code = _cli.main(["train", "--moments", moments, "--out", out, *extra])
+            if code != 0:
+                raise RuntimeError(f"jopt train --moments {moments} exited with {code}")
+            with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+                summary = json.load(f)["summary"]
+        row["test_accuracy"][moments] = summary["test_accuracy"]
+        row["epochs"][moments] = summary["epochs_run"]
+    row["accuracy_drop_points"] = 100 * (row["test_accuracy"]["float32"]
+                                         - row["test_accuracy"]["8bit"])
+    print(f"digits_8bit: test accuracy float32 moments {row['test_accuracy']['float32']:.4f}, "
+          f"8-bit moments {row['test_accuracy']['8bit']:.4f}", flush=True)
     return row
 
 
@@ -374,44 +442,118 @@ def _fmt(x: float | None, spec: str) -> str:
     return "—" if x is None else format(x, spec)
 
 
+def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
+    """The issue's targets, each as (target, measured, met); met is None when not measured."""
+    step = {(r["case"], r["optimizer"]): r for r in rows if "times_s" in r}
+    sweep = {r["leaves"]: r for r in rows if r["case"].startswith("compile_sweep")}
+    out: list[tuple[str, str, bool | None]] = []
+
+    def ratio(case, opt, lib="jopt"):
+        r = step.get((case, opt))
+        return None if r is None else r["ratio"].get(lib)
+
+    def add(target, value, ok, fmt=".3f"):
+        out.append((target, "not run" if value is None else format(value, fmt),
+                    None if value is None or ok is None else bool(ok(value))))
+
+    add("chain on the GPT-2 tree: jopt/optax <= 0.40", ratio("gpt2", "chain"),
+        lambda v: v <= 0.40)
+    r = step.get(("big_leaf", "chain"))
+    add("chain on the big leaf: jopt chain / jopt adamw <= 1.15",
+        None if r is None else r.get("chain_over_adamw"), lambda v: v <= 1.15)
+    for case in ("big_leaf", "gpt2"):
+        for opt in ("adam", "adamw"):
+            add(f"{opt} on {case}: jopt/optax <= 1.00", ratio(case, opt), lambda v: v <= 1.0)
+    plain = [ratio(c, o) for (c, o) in step if o != "adam8bit"]
+    plain = [v for v in plain if v is not None]
+    add("every case, plain jopt: jopt/optax <= 1.05 (worst)", max(plain) if plain else None,
+        lambda v: v <= 1.05)
+    small = step.get(("many_small", "adam"))
+    n_small = small["leaves"] if small else 2000
+    for lib, bound in (("jopt-flat", 0.5), ("jopt", 0.5), ("jopt-packed", 0.1)):
+        add(f"{n_small} small leaves, adam, {lib}: jopt/optax <= {bound}",
+            ratio("many_small", "adam", lib), lambda v, b=bound: v <= b)
+    r1000 = sweep.get(1000)
+    best = min(r1000["compile_ratio"].values()) if r1000 and r1000["compile_ratio"] else None
+    add("compile at 1000 leaves (chain): best jopt layout / optax <= 0.1", best,
+        lambda v: v <= 0.1)
+    for layout in ("jopt", "jopt-flat"):
+        add(f"compile at 1000 leaves (chain), {layout} / optax (no target)",
+            None if r1000 is None else r1000["compile_ratio"].get(layout), None)
+    r5000 = sweep.get(5000)
+    add("5000-leaf chain compiles in < 30 s (jopt-packed, s)",
+        None if r5000 is None else r5000["compile_s"].get("jopt-packed"),
+        lambda v: v < 30, ".2f")
+    r8 = step.get(("gpt2", "adam8bit")) or step.get(("big_leaf", "adam8bit"))
+    add("8-bit Adam state / float32 Adam state <= 0.3",
+        None if r8 is None else r8["state_bytes"]["jopt"] / r8["state_bytes"]["optax"],
+        lambda v: v <= 0.3)
+    d = next((r for r in rows if r["case"] == "digits_8bit"), None)
+    add("jopt train digits, 8-bit moments: accuracy drop <= 1 point",
+        None if d is None else d["accuracy_drop_points"], lambda v: v <= 1.0, ".2f")
+    return out
+
+
 def markdown_table(rows: list[dict], info: dict) -> str:
     head = (
-        "| case | optimizer | leaves | params | compile jopt (s) | compile optax (s) "
-        "| step jopt (ms) | step optax (ms) | **jopt/optax step (median)** "
-        "| jopt / triad BW | optax / triad BW | XLA bytes / min, jopt | XLA bytes / min, optax "
-        "| state MB jopt | state MB optax |")
+        "| case | optimizer | jopt layout | leaves | params | compile jopt (s) "
+        "| compile optax (s) | step jopt (ms) | step optax (ms) "
+        "| **jopt/optax step (median)** | jopt / triad BW | optax / triad BW "
+        "| XLA bytes / min, jopt | XLA bytes / min, optax | state MB jopt | state MB optax |")
     lines = [
         f"# jopt vs optax — {info['device_kind']}, {info['date']}",
         "",
         f"jax {info['jax']}, optax {info['optax']}, jopt {info['jopt']}, "
         f"{info['cpu_count']} CPUs, mode {info['mode']}, {info['rounds']} rounds. "
-        "Ratios are medians of per-round ratios (< 1: jopt faster). "
-        "BW: fraction of the bandwidth of an `a + s*b` kernel moving the update's minimum bytes "
-        "in the same rounds. Compile sweep rows: the ratio is of compile times.",
+        "Ratios are medians of per-round ratios (< 1: jopt faster). Layouts: `jopt` per-leaf "
+        "parameters and state, `jopt-flat` per-leaf parameters with the state in flat buffers "
+        "(`jopt.flatten`), `jopt-packed` parameters packed into flat buffers (`jopt.pack`). "
+        "BW: fraction of the bandwidth of an `a + s*b` kernel, each contender moving its own "
+        "minimum bytes (params and grads read, params written, state read and written), timed "
+        "in the same rounds. XLA bytes: `cost_analysis()` bytes accessed over that minimum. "
+        "Compile sweep rows: the ratio is of compile times. `adam8bit`: jopt's 8-bit Adam "
+        "against optax's float32 Adam.",
         "",
         head,
         "|" + "---|" * (head.count("|") - 1),
     ]
     width = head.count("|") - 1
     for r in rows:
-        if "skipped" in r:
-            cells = [r["case"], r["optimizer"], str(r["leaves"]), f"{r['params']:,}",
-                     f"skipped: {r['skipped']}"] + [""] * (width - 5)
-            lines.append("| " + " | ".join(cells) + " |")
+        if r["case"] == "digits_8bit":
             continue
-        step = r.get("step_s", {})
-        tf = r.get("triad_fraction", {})
-        ratio = r["ratio"] if "ratio" in r else r["compile_ratio"]
-        xb = {lib: (r["xla_bytes"].get(lib) / r["min_bytes"]
-                    if r["xla_bytes"].get(lib) is not None else None) for lib in LIBS}
-        lines.append(
-            f"| {r['case']} | {r['optimizer']} | {r['leaves']} | {r['params']:,} "
-            f"| {r['compile_s']['jopt']:.2f} | {r['compile_s']['optax']:.2f} "
-            f"| {_fmt(step.get('jopt') and step['jopt'] * 1e3, '.3f')} "
-            f"| {_fmt(step.get('optax') and step['optax'] * 1e3, '.3f')} "
-            f"| **{ratio:.3f}** | {_fmt(tf.get('jopt'), '.2f')} | {_fmt(tf.get('optax'), '.2f')} "
-            f"| {_fmt(xb['jopt'], '.2f')} | {_fmt(xb['optax'], '.2f')} "
-            f"| {r['state_bytes']['jopt'] / 1e6:.2f} | {r['state_bytes']['optax'] / 1e6:.2f} |")
+        for n in [v for v in VARIANTS if v in r["compile_s"] or v in r["skipped"]]:
+            if n not in r["compile_s"]:
+                cells = [r["case"], r["optimizer"], n, str(r["leaves"]), f"{r['params']:,}",
+                         f"skipped: predicted compile {r['skipped'][n]:.0f} s"]
+                lines.append("| " + " | ".join(cells + [""] * (width - len(cells))) + " |")
+                continue
+            step = r.get("step_s", {})
+            tf = r.get("triad_fraction", {})
+            ratio = r["ratio"][n] if "ratio" in r else r["compile_ratio"].get(n)
+            xb = {k: r["xla_bytes"][k] / r["min_bytes"][k] for k in (n, "optax")
+                  if r["xla_bytes"].get(k) is not None}
+            optax_compile = r["compile_s"].get("optax")
+            optax_cell = (f"{optax_compile:.2f}" if optax_compile is not None else
+                          f"skipped (predicted {r['skipped'].get('optax', 0):.0f})")
+            st = r["state_bytes"]
+            lines.append(
+                f"| {r['case']} | {r['optimizer']} | {n} | {r['leaves']} | {r['params']:,} "
+                f"| {r['compile_s'][n]:.2f} | {optax_cell} "
+                f"| {_fmt(step.get(n) and step[n] * 1e3, '.3f')} "
+                f"| {_fmt(step.get('optax') and step['optax'] * 1e3, '.3f')} "
+                f"| **{_fmt(ratio, '.3f')}** | {_fmt(tf.get(n), '.2f')} "
+                f"| {_fmt(tf.get('optax'), '.2f')} "
+                f"| {_fmt(xb.get(n), '.2f')} | {_fmt(xb.get('optax'), '.2f')} "
+                f"| {st[n] / 1e6:.2f} | {_fmt(st.get('optax') and st['optax'] / 1e6, '.2f')} |")
+    d = next((r for r in rows if r["case"] == "digits_8bit"), None)
+    if d is not None:
+        lines += ["", "`jopt train` on digits (defaults, seed 0): test accuracy with float32 "
+                  f"moments {d['test_accuracy']['float32']:.4f} ({d['epochs']['float32']} "
+                  f"epochs), with 8-bit moments {d['test_accuracy']['8bit']:.4f} "
+                  f"({d['epochs']['8bit']} epochs)."]
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for target, value, ok in targets(rows):
+        lines.append(f"| {target} | {value} | {'—' if ok is None else 'yes' if ok else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -421,23 +563,29 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if "skipped" not in r]
-    step_rows = [r for r in rows if "ratio" in r]
+    step_rows = [r for r in rows if "times_s" in r]
     sweep_rows = [r for r in rows if "compile_ratio" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), width_ratios=[3, 1])
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5), width_ratios=[3, 1])
     for ax, rs, key, title in (
             (axes[0], step_rows, "times_s", "step time, jopt / optax (per round)"),
             (axes[1], sweep_rows, "compile_times_s", "compile time, jopt / optax")):
-        labels = [f"{r['case']}\n{r['optimizer']}" for r in rs]
-        for i, r in enumerate(rs):
+        labels: list[str] = []
+        for r in rs:
             t = r[key]
-            per_round = [j / o for j, o in zip(t["jopt"], t["optax"])]
-            ax.scatter([i] * len(per_round), per_round, s=8, alpha=0.4, color="gray")
-            ax.scatter([i], [median(per_round)], marker="_", s=400, color="C0")
+            for k, n in enumerate(v for v in VARIANTS if v in t):
+                if "optax" in t:
+                    per_round = [j / o for j, o in zip(t[n], t["optax"])]
+                else:  # optax skipped: against its predicted compile time
+                    per_round = [j / r["skipped"]["optax"] for j in t[n]]
+                x = len(labels)
+                ax.scatter([x] * len(per_round), per_round, s=8, alpha=0.4, color="gray")
+                ax.scatter([x], [median(per_round)], marker="_", s=300, color=f"C{k}")
+                labels.append(f"{r['case']} {r['optimizer']}\n{n}")
         ax.axhline(1.0, color="red", lw=1)
-        ax.set_xticks(range(len(rs)), labels, rotation=90, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
         ax.set_title(title, fontsize=10)
-        ax.set_ylabel("ratio (< 1: jopt faster)")
+        ax.set_ylabel("ratio (< 1: jopt faster), log scale")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -505,18 +653,19 @@ def main(argv: list[str] | None = None) -> int:
             for n in sweep_sizes(args.mode):
                 row = bench_sweep(n, args, rng)
                 rows.append(row)
-                if "skipped" not in row:
-                    print(f"{row['case']}: compile jopt {row['compile_s']['jopt']:.2f}s, "
-                          f"optax {row['compile_s']['optax']:.2f}s", flush=True)
+                print(f"{row['case']}: compile " + ", ".join(
+                    f"{k} {v:.2f}s" for k, v in row["compile_s"].items()), flush=True)
+            continue
+        if case == "digits_8bit":
+            rows.append(bench_digits_8bit(args))
             continue
         shapes = case_shapes(case, args.mode)
         for opt in args.optimizers:
             row = bench_case(case, opt, shapes, args, rng)
             rows.append(row)
-            if "skipped" not in row:
-                print(f"{case}/{opt}: jopt/optax {row['ratio']:.3f} "
-                  f"(jopt {row['step_s']['jopt'] * 1e3:.3f} ms, "
-                      f"optax {row['step_s']['optax'] * 1e3:.3f} ms)", flush=True)
+            print(f"{case}/{opt}: jopt/optax " + ", ".join(
+                f"{k} {v:.3f}" for k, v in row["ratio"].items()) +
+                f" (optax {row['step_s']['optax'] * 1e3:.3f} ms)", flush=True)
     info["wall_s"] = time.perf_counter() - t_start
     table = markdown_table(rows, info)
     print()

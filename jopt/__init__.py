@@ -7,6 +7,10 @@ re-exported here.
 
 from jopt import errors as errors
 from jopt import schedules as schedules
+from jopt._adam8bit import ScaleByAdam8bitState as ScaleByAdam8bitState
+from jopt._adam8bit import adam_8bit as adam_8bit
+from jopt._adam8bit import adamw_8bit as adamw_8bit
+from jopt._adam8bit import scale_by_adam_8bit as scale_by_adam_8bit
 from jopt._aliases import adam as adam
 from jopt._aliases import adamw as adamw
 from jopt._aliases import sgd as sgd
@@ -36,6 +40,10 @@ from jopt._packed import Packed as Packed
 from jopt._packed import flatten as flatten
 from jopt._packed import pack as pack
 from jopt._packed import unpack as unpack
+from jopt._quantize import QuantizedArray as QuantizedArray
+from jopt._quantize import dequantize_blockwise as dequantize_blockwise
+from jopt._quantize import dynamic_map as dynamic_map
+from jopt._quantize import quantize_blockwise as quantize_blockwise
 from jopt._reduce_on_plateau import ReduceOnPlateauState as ReduceOnPlateauState
 from jopt._reduce_on_plateau import gate_stopped as gate_stopped
 from jopt._reduce_on_plateau import population_status as population_status
@@ -81,7 +89,9 @@ __all__ = [
     "GradientTransformation",
     "Layout",
     "Packed",
+    "QuantizedArray",
     "ReduceOnPlateauState",
+    "ScaleByAdam8bitState",
     "ScaleByAdamState",
     "ScaleByLearningRateState",
     "ScaleState",
@@ -89,7 +99,9 @@ __all__ = [
     "Status",
     "TraceState",
     "adam",
+    "adam_8bit",
     "adamw",
+    "adamw_8bit",
     "add_decayed_weights",
     "apply_updates",
     "best_params",
@@ -100,6 +112,8 @@ __all__ = [
     "constant_schedule",
     "cosine_decay",
     "cosine_decay_schedule",
+    "dequantize_blockwise",
+    "dynamic_map",
     "early_stopping",
     "errors",
     "exponential_decay",
@@ -117,10 +131,12 @@ __all__ = [
     "piecewise_constant",
     "piecewise_constant_schedule",
     "population_status",
+    "quantize_blockwise",
     "reduce_on_plateau",
     "safe_increment",
     "scale",
     "scale_by_adam",
+    "scale_by_adam_8bit",
     "scale_by_learning_rate",
     "schedules",
     "set_hyperparams",

@@ -33,6 +33,7 @@ DATASETS = ("digits", "breast_cancer", "wine")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("warmup_cosine", "constant", "linear", "exponential")
 HIDDEN_SIZES = (128, 128)
+MOMENTS = ("float32", "bfloat16", "8bit")
 # The train/validation/test split is fixed (independent of --seed) so that runs with
 # different seeds or optimizers are scored on the same held-out examples.
 SPLIT_SEED = 0
@@ -180,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     # finite losses (with 1e-4 and --learning-rate 1e4, lr * wd = 1 keeps them bounded).
     train.add_argument("--weight-decay", type=_nonneg_float, default=1e-3,
                        help="decoupled weight decay (adamw only)")
+    train.add_argument("--moments", choices=MOMENTS, default="float32",
+                       help="storage of the optimizer's moments: float32; bfloat16 (adam's "
+                            "first moment, mu_dtype, or sgd's momentum); 8bit (adam/adamw "
+                            "only: jopt.adam_8bit/adamw_8bit, both moments block-wise "
+                            "quantized; not with --compare optax, which has no 8-bit Adam)")
     train.add_argument("--clip-norm", type=_positive_float, default=1.0,
                        help="clip gradients to this global L2 norm")
     train.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
@@ -414,13 +420,25 @@ def make_optimizer(lib: Any, cfg: dict[str, Any]):
     Returns:
       The gradient transformation.
     """
+    import jax.numpy as jnp
+
     schedule = make_schedule(lib, cfg, cfg["learning_rate"])
+    moments = cfg.get("moments", "float32")
+    low: dict[str, Any] = {}
+    if moments == "bfloat16":
+        if cfg["optimizer"] == "sgd":
+            low = {"accumulator_dtype": jnp.bfloat16}
+        else:  # the first moment, as optax's mu_dtype (the second moment stays float32)
+            low = {"mu_dtype": jnp.bfloat16}
     if cfg["optimizer"] == "adamw":
-        opt = lib.adamw(schedule, weight_decay=cfg["weight_decay"])
+        if moments == "8bit":
+            opt = lib.adamw_8bit(schedule, weight_decay=cfg["weight_decay"])
+        else:
+            opt = lib.adamw(schedule, weight_decay=cfg["weight_decay"], **low)
     elif cfg["optimizer"] == "adam":
-        opt = lib.adam(schedule)
+        opt = lib.adam_8bit(schedule) if moments == "8bit" else lib.adam(schedule, **low)
     else:
-        opt = lib.sgd(schedule, momentum=SGD_MOMENTUM)
+        opt = lib.sgd(schedule, momentum=SGD_MOMENTUM, **low)
     links = [lib.clip_by_global_norm(cfg["clip_norm"]), opt]
     plateau = cfg.get("reduce_on_plateau")
     if plateau is not None:
@@ -591,6 +609,7 @@ def _config(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total,
         "compare": args.compare,
+        "moments": args.moments,
         "population": None,
         "reduce_on_plateau": None,
     }
@@ -601,6 +620,12 @@ def _config(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
             "accumulation_size": steps_per_epoch}
     elif any(getattr(args, f"plateau_{k}") != v for k, v in PLATEAU_DEFAULTS.items()):
         raise CLIError("the --plateau-* options need --reduce-on-plateau")
+    if args.moments == "8bit" and args.optimizer == "sgd":
+        raise CLIError("--moments 8bit needs --optimizer adam or adamw (8-bit block-wise "
+                       "moments are Adam's)")
+    if args.moments == "8bit" and args.compare is not None:
+        raise CLIError("--compare optax needs the same optimizer on both sides, and optax has "
+                       "no 8-bit Adam; compare with --moments float32 or bfloat16")
     if args.population is not None:
         name, values = args.population
         if name == "weight_decay" and args.optimizer != "adamw":

@@ -21,6 +21,7 @@ between devices): each is a group of its own, kept in its shape and sharding.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -65,8 +66,7 @@ class Layout:
         """
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         shapes = tuple(tuple(int(d) for d in np.shape(x)) for x in leaves)
-        dtypes = tuple(np.dtype(getattr(x, "dtype", None) or np.asarray(x).dtype)
-                       for x in leaves)
+        dtypes = tuple(_dtype(x) for x in leaves)
         group_key: dict[Any, int] = {}
         group_of, offsets, g_dtypes, g_sizes, solo = [], [], [], [], []
         for i, (x, shape, dtype) in enumerate(zip(leaves, shapes, dtypes)):
@@ -100,14 +100,21 @@ class Layout:
         """
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         if treedef != self.treedef:
+            # Name the first missing or extra leaf, as every other structure check does.
+            from jopt import _tree
+
+            expected = jax.tree_util.tree_unflatten(self.treedef, [
+                jax.ShapeDtypeStruct(s, d) for s, d in zip(self.shapes, self.dtypes)])
+            _tree.check_match(transformation, expected, tree, expected_name="the packed layout",
+                              got_name=what, shapes=False)
             raise TreeMismatchError(transformation, f"the {what} do not have the packed layout's "
                                     "structure", "", f"tree {self.treedef}", f"tree {treedef}")
         for i, x in enumerate(leaves):
-            if tuple(np.shape(x)) != self.shapes[i] or np.dtype(_dtype(x)) != self.dtypes[i]:
+            if tuple(np.shape(x)) != self.shapes[i] or _dtype(x) != self.dtypes[i]:
                 raise TreeMismatchError(
                     transformation, f"the {what} do not match the packed layout",
                     _leaf_path(self, i), f"{self.dtypes[i].name}{list(self.shapes[i])}",
-                    f"{np.dtype(_dtype(x)).name}{list(np.shape(x))}")
+                    f"{_dtype(x).name}{list(np.shape(x))}")
         parts: list[list[jax.Array]] = [[] for _ in self.group_dtypes]
         for i, x in enumerate(leaves):
             parts[self.group_of[i]].append(jnp.asarray(x))
@@ -122,7 +129,16 @@ class Layout:
         return Packed(tuple(buffers), self)
 
     def unpack(self, buffers: tuple[Any, ...]) -> Any:
-        """The original tree, from group buffers of this layout (slices and reshapes)."""
+        """The original tree, from group buffers of this layout (slices and reshapes).
+
+        Outside ``jit`` (checkpointing, logging), concrete buffers are unpacked in one compiled
+        program per layout rather than one small program per leaf.
+        """
+        if buffers and not any(isinstance(b, jax.core.Tracer) for b in buffers):
+            return _unpack_jit(tuple(buffers), self)
+        return self._slices(buffers)
+
+    def _slices(self, buffers: tuple[Any, ...]) -> Any:
         leaves = []
         for i, shape in enumerate(self.shapes):
             g = self.group_of[i]
@@ -147,23 +163,36 @@ class Layout:
         out = []
         for g in range(len(self.group_sizes)):
             members = [i for i in range(self.num_leaves) if self.group_of[i] == g]
+            sizes = [int(np.prod(self.shapes[i], dtype=np.int64)) for i in members]
             values = [per_leaf[i] for i in members]
-            if all(v == values[0] for v in values):
-                out.append(values[0])
+            # Zero-size leaves own no element, so their value never makes a group mixed (a
+            # group of zero-size leaves only would otherwise concatenate nothing).
+            present = [v for v, n in zip(values, sizes) if n] or values[:1]
+            if all(v == present[0] for v in present):
+                out.append(present[0])
                 continue
             runs: list[tuple[Any, int]] = []
-            for i, v in zip(members, values):
-                n = int(np.prod(self.shapes[i], dtype=np.int64))
+            for v, n in zip(values, sizes):
+                if not n:
+                    continue
                 if runs and runs[-1][0] == v:
                     runs[-1] = (v, runs[-1][1] + n)
                 else:
                     runs.append((v, n))
-            out.append(jnp.concatenate([jnp.full((n,), v, dtype) for v, n in runs if n]))
+            out.append(jnp.concatenate([jnp.full((n,), v, dtype) for v, n in runs]))
         return tuple(out)
 
 
-def _dtype(x: Any) -> Any:
-    return getattr(x, "dtype", None) or np.asarray(x).dtype
+@functools.partial(jax.jit, static_argnums=1)
+def _unpack_jit(buffers: tuple[Any, ...], layout: Layout) -> Any:
+    return layout._slices(buffers)
+
+
+def _dtype(x: Any) -> np.dtype:
+    """The dtype JAX stores ``x`` in (a Python float or a float64 NumPy array is float32
+    unless x64 is enabled), so a layout's dtypes are those of its buffers."""
+    dtype = getattr(x, "dtype", None) or np.asarray(x).dtype
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
 def _is_sharded(x: Any) -> bool:
@@ -243,7 +272,8 @@ def pack(tree: Any) -> Packed:
             return jopt.apply_updates(packed, updates), state
 
     Every jopt transformation gives the same per-leaf results on packed parameters as on the
-    tree (elementwise rules bit for bit; global norms up to float32 summation order), and
+    tree, to float32 rounding (XLA may contract a multiply-add or divide by a scalar through
+    its reciprocal differently for differently shaped buffers: about one ulp), and
     per-leaf options (a weight-decay ``mask``) refer to the original tree.
 
     Args:
@@ -284,18 +314,28 @@ class FlattenState(NamedTuple):
 
 
 def flatten(inner: GradientTransformation) -> GradientTransformation:
-    """Runs ``inner`` on flat buffers: per-leaf parameters outside, flat state inside.
+    """Keeps ``inner``'s state in flat buffers: per-leaf parameters outside, flat state inside.
 
-    The updates (and parameters) are packed by dtype on the way in (one concatenation per
-    dtype), ``inner`` runs on the :class:`Packed` values, and its updates are unpacked to the
-    original tree on the way out (slices XLA fuses into ``apply_updates``). The optimizer state
-    is then a few flat buffers instead of one or two per leaf, so the number of kernels, of
-    buffers a jitted step returns and the compile time no longer grow with the leaf count.
-    Results equal ``inner``'s on the tree: elementwise rules bit for bit, global norms to
-    float32 summation order. Per-leaf options (a weight-decay mask) keep their per-leaf meaning.
+    ``init`` runs ``inner.init`` on the packed parameters (:func:`pack`), so every
+    per-parameter state buffer (moments, momentum) is one 1-D buffer per dtype instead of one
+    per leaf. ``update`` packs the updates (and parameters) by dtype (one concatenation per
+    dtype), runs ``inner`` on the :class:`Packed` values and unpacks its updates to the
+    original tree (slices XLA fuses into ``apply_updates``). A jitted step then returns a few
+    state buffers instead of one or two per leaf and runs a few kernels for the arithmetic,
+    which is what costs time with thousands of small leaves.
 
-    Unlike optax's ``flatten``, leaves of different dtypes are not promoted into one vector
-    (each dtype has its own buffer), and masks keep working.
+    Results equal ``inner``'s on the tree to float32 rounding (about one ulp: XLA may contract
+    multiply-adds differently in a differently shaped kernel; global norms sum in another
+    order); per-leaf options (a weight-decay mask) keep their per-leaf
+    meaning. Costs: the packed gradients (and, for weight decay, parameters) and the packed
+    updates are temporaries the size of the gradients, and every leaf's slice is its own
+    kernel, so compile time still grows with the number of distinct leaves. Packing the
+    parameters themselves (:func:`pack`) avoids both.
+
+    Unlike optax's ``flatten``, leaves are never promoted to a common dtype (each dtype has its
+    own buffer) and masks keep working. Call ``init`` outside ``jit`` when a leaf is sharded
+    over several devices: traced parameters carry no sharding, so the leaf would be
+    concatenated with the others instead of keeping a buffer of its own.
 
     Args:
       inner: any jopt transformation (or chain). optax transformations that only do
@@ -303,7 +343,8 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
 
     Returns:
       A :class:`GradientTransformation` with state :class:`FlattenState`. ``update`` takes the
-      per-leaf updates (and parameters) and returns per-leaf updates.
+      per-leaf updates (and parameters) and returns per-leaf updates; given :class:`Packed`
+      updates it runs ``inner`` on them directly.
 
     Raises:
       TreeMismatchError: in ``update``, if the updates or parameters do not match the tree

@@ -125,10 +125,13 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> GradientTr
                 return u
             ct = _tree.compute_dtype(u.dtype)
             w = _tree.cast_scalar(wd, ct)
-            decayed = u.astype(ct) + w * p.astype(ct)
-            if decay is not True:  # a packed buffer holding decayed and plain leaves
-                decayed = jnp.where(decay, decayed, u.astype(ct))
-            return decayed.astype(u.dtype)
+            wp = w * p.astype(ct)
+            if decay is not True:
+                # A packed buffer holding decayed and plain leaves: add -0.0 (the exact
+                # identity, keeping the sign of a zero) on the plain leaves' elements. The
+                # update is read once, so XLA fuses its producer instead of storing it.
+                wp = jnp.where(decay, wp, jnp.asarray(-0.0, ct))
+            return (u.astype(ct) + wp).astype(u.dtype)
 
         if m is None:
             new = jax.tree_util.tree_map(one, updates, params)

@@ -86,6 +86,7 @@ REGISTRY = [
     ("adam", lambda: jopt.adam(0.05), True),
     ("adam_nesterov", lambda: jopt.adam(0.05, nesterov=True), True),
     ("adamw", lambda: jopt.adamw(0.05, weight_decay=1e-3), True),
+    ("adam_8bit", lambda: jopt.adam_8bit(0.05, min_8bit_size=0, block_size=4), True),
     ("adamw_schedule",
      lambda: jopt.adamw(jopt.warmup_cosine_decay(0.0, 0.05, 10, 200), weight_decay=1e-3), True),
 ]

@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ["jopt._aliases", "jopt._chain", "jopt._hyperparams", "jopt._early_stopping",
            "jopt._schedules", "jopt._scale", "jopt._clip", "jopt._weight_decay", "jopt._base",
-           "jopt._tree", "jopt._rounding", "jopt._packed"]
+           "jopt._tree", "jopt._rounding", "jopt._packed",
+           "jopt._quantize", "jopt._adam8bit"]
 
 
 @pytest.mark.parametrize("name", MODULES)
