@@ -406,6 +406,12 @@ def load_data(args: argparse.Namespace, sklearn: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------- optimizers
 
 
+def _moments_note(cfg: dict[str, Any]) -> str:
+    """`` (8bit moments)`` for the run header, empty for the default float32 moments."""
+    moments = cfg.get("moments", "float32")
+    return "" if moments == "float32" else f" ({moments} moments)"
+
+
 def make_optimizer(lib: Any, cfg: dict[str, Any]):
     """The optimizer of a run, ``chain(clip_by_global_norm, <optimizer>(schedule))``.
 
@@ -697,7 +703,9 @@ def _train(args: argparse.Namespace) -> int:
     orders: list[np.ndarray] = []
     print(f"jopt train: {data['name']} ({X_tr.shape[0]} train / {data['X_val'].shape[0]} val / "
           f"{data['X_test'].shape[0]} test, {data['n_features']} features, "
-          f"{data['n_classes']} classes), {cfg['optimizer']} + {cfg['schedule']} schedule, "
+          f"{data['n_classes']} classes), {cfg['optimizer']}"
+          f"{_moments_note(cfg)}"
+          f" + {cfg['schedule']} schedule, "
           f"peak lr {cfg['learning_rate']:g}, {cfg['epochs']} epochs x "
           f"{cfg['steps_per_epoch']} steps")
     sys.stdout.flush()
@@ -875,7 +883,9 @@ def _train_population(cfg, data, out_dir, t0, tx, stopper, init_params, loss_and
     steps_run = 0
     print(f"jopt train: {data['name']} ({X_tr.shape[0]} train / {data['X_val'].shape[0]} val / "
           f"{data['X_test'].shape[0]} test, {data['n_features']} features, "
-          f"{data['n_classes']} classes), {cfg['optimizer']} + {cfg['schedule']} schedule, "
+          f"{data['n_classes']} classes), {cfg['optimizer']}"
+          f"{_moments_note(cfg)}"
+          f" + {cfg['schedule']} schedule, "
           f"{cfg['epochs']} epochs x {cfg['steps_per_epoch']} steps")
     print(f"population: {n} members, {name} = {', '.join(f'{v:g}' for v in values)}; one "
           f"compiled step (jax.vmap), early stopping per member")

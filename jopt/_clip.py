@@ -110,8 +110,13 @@ def clip_by_global_norm(max_norm: float, axis_name: Any = None) -> GradientTrans
     The factor is a scalar computed once (in float32, or float64 for float64 updates), so no
     full-size temporary is made; a zero norm gives a factor of 1 and ``max_norm = 0`` of a zero
     tree gives zeros, never ``0/0``. Complex leaves contribute :math:`|g|^2`. A NaN or inf
-    anywhere makes the norm non-finite and every output element NaN (as in optax), so a bad
-    gradient is never passed on partly clipped.
+    anywhere makes the norm non-finite and every output element NaN (optax makes only some
+    elements NaN), so a bad
+    gradient is never passed on partly clipped. The squared norm is summed in float32 (float64
+    for float64 updates), so finite updates whose squared norm overflows it (a norm above about
+    1.8e19) count as non-finite too; and a ``max_norm / norm`` below float32's range (say
+    ``max_norm=1e-30`` against a norm of 1e18) clips to zeros where optax's per-element
+    ``u / norm * max_norm`` keeps the tiniest values.
 
     Args:
       max_norm: :math:`c \\ge 0`, stored as a float32 state array.

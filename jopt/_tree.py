@@ -143,6 +143,21 @@ def cast_scalar(value: jax.Array, dtype: Any) -> jax.Array:
     return jnp.asarray(value).astype(dtype)
 
 
+def _sum_sq(leaf: jax.Array) -> jax.Array:
+    """``sum(|x|**2)`` of one leaf in its compute dtype, as a dot product of the flattened
+    leaf with itself: XLA runs it as one multithreaded kernel without a squared temporary,
+    where a reduction of ``x * x`` over a matrix becomes a product kernel plus a slower
+    windowed reduction (about 10% of a clipped Adam step on a GPT-2-sized tree). Small
+    leaves keep the plain reduction, which XLA compiles to fewer kernels for them."""
+    x = leaf.astype(compute_dtype(leaf.dtype))
+    if x.size < 1 << 14:
+        return jnp.sum(abs_sq(x))
+    x = jnp.ravel(x)
+    if jnp.iscomplexobj(x):
+        return jnp.vdot(x, x).real  # vdot conjugates its first argument: sum |x|^2
+    return jnp.dot(x, x)
+
+
 def global_norm_sq(tree: PyTree, axis_name: Any = None) -> jax.Array:
     """Sum of ``|x|**2`` over every leaf, in float32 (float64 for float64 leaves).
 
@@ -157,9 +172,7 @@ def global_norm_sq(tree: PyTree, axis_name: Any = None) -> jax.Array:
         for leaf in leaves:
             if real_dtype(compute_dtype(leaf.dtype)) == np.float64:
                 acc = np.dtype(np.float64)
-        total = sum(
-            jnp.sum(abs_sq(leaf.astype(compute_dtype(leaf.dtype)))).astype(acc) for leaf in leaves
-        )
+        total = sum(_sum_sq(leaf).astype(acc) for leaf in leaves)
     if axis_name is not None:
         total = jax.lax.psum(total, axis_name)
     return total

@@ -35,3 +35,13 @@ def test_readme_hyperparameter_snippet_runs_after_the_example():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "(8,) 1"
+
+
+def test_readme_packed_snippet_runs_after_the_example():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    snippet = next(b for b in blocks if "jopt.pack(params)" in b)
+    out = subprocess.run([sys.executable, "-c", blocks[0] + "\n" + snippet], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    expected = snippet.strip().splitlines()[-1].lstrip("# ")
+    assert out.stdout.splitlines()[-1] == expected
