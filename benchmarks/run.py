@@ -462,7 +462,8 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
-    """The performance targets (README, Performance), each as (target, measured, met); met is None when not measured."""
+    """The performance targets (README, Performance), each as (target, measured, met); met
+    is None when not measured or when the row has no target."""
     step = {(r["case"], r["optimizer"]): r for r in rows if "times_s" in r}
     sweep = {r["leaves"]: r for r in rows if r["case"].startswith("compile_sweep")}
     out: list[tuple[str, str, bool | None]] = []

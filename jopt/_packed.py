@@ -15,7 +15,8 @@ kernels on a handful of buffers whatever the number of leaves.
   packed on the way in and unpacked on the way out; the state lives in flat buffers.
 
 Leaves that are sharded over several devices are never concatenated (that would move data
-between devices): each is a group of its own, kept in its shape and sharding.
+between devices): each is a group of its own, kept in its shape and sharding. Under
+:func:`flatten`, so is every leaf larger than its ``max_leaf_size``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt._base import GradientTransformation
-from jopt.errors import TreeMismatchError
+from jopt._base import GradientTransformation, is_gradient_transformation
+from jopt.errors import InvalidHyperparameterError, TreeMismatchError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +45,8 @@ class Layout:
       offsets: for every leaf, its first element in its group's buffer (0 for a solo leaf).
       group_dtypes: the dtype of every group.
       group_sizes: the number of elements of every group buffer.
-      solo: for every group, whether it is one leaf kept in its own shape (a sharded leaf)
-        rather than a 1-D concatenation.
+      solo: for every group, whether it is one leaf kept in its own shape (a sharded leaf, or
+        a leaf larger than ``max_leaf_size`` in :meth:`of`) rather than a 1-D concatenation.
     """
 
     treedef: Any
@@ -58,11 +59,12 @@ class Layout:
     solo: tuple[bool, ...]
 
     @classmethod
-    def of(cls, tree: Any) -> Layout:
+    def of(cls, tree: Any, *, max_leaf_size: int | None = None) -> Layout:
         """The layout of ``tree``: leaves grouped by dtype, in tree order within a group.
 
         Leaves may be arrays, ``jax.ShapeDtypeStruct`` s or tracers. A concrete ``jax.Array``
-        sharded over more than one device (not fully replicated) gets a solo group.
+        sharded over more than one device (not fully replicated) gets a solo group, and so
+        does a leaf of more than ``max_leaf_size`` elements when that is given.
         """
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         shapes = tuple(tuple(int(d) for d in np.shape(x)) for x in leaves)
@@ -70,7 +72,8 @@ class Layout:
         group_key: dict[Any, int] = {}
         group_of, offsets, g_dtypes, g_sizes, solo = [], [], [], [], []
         for i, (x, shape, dtype) in enumerate(zip(leaves, shapes, dtypes)):
-            if _is_sharded(x):
+            size = int(np.prod(shape, dtype=np.int64))
+            if _is_sharded(x) or (max_leaf_size is not None and size > max_leaf_size):
                 key = ("solo", i)
             else:
                 key = ("flat", dtype)
@@ -82,7 +85,7 @@ class Layout:
             g = group_key[key]
             group_of.append(g)
             offsets.append(g_sizes[g])
-            g_sizes[g] += int(np.prod(shape, dtype=np.int64))
+            g_sizes[g] += size
         return cls(treedef, shapes, dtypes, tuple(group_of), tuple(offsets), tuple(g_dtypes),
                    tuple(g_sizes), tuple(solo))
 
@@ -91,12 +94,18 @@ class Layout:
         """The number of leaves of the original tree."""
         return len(self.shapes)
 
-    def pack(self, tree: Any, *, what: str = "tree", transformation: str = "pack") -> Packed:
+    def pack(self, tree: Any, *, what: str = "tree", transformation: str = "pack",
+             dtypes: bool = True) -> Packed:
         """Lays out ``tree`` (with this layout's structure, shapes and dtypes) in flat buffers.
 
+        With ``dtypes=False`` only the structure and shapes must match (gradients in float32
+        for bfloat16 parameters): each group's leaves are concatenated in their own dtype,
+        which must then be the same for all the leaves of one group.
+
         Raises:
-          TreeMismatchError: if ``tree`` differs in structure, a shape or a dtype; the
-            message names the tree path.
+          TreeMismatchError: if ``tree`` differs in structure, a shape or (with ``dtypes``) a
+            dtype, or (without) if the leaves of one group have different dtypes; the message
+            names the tree path.
         """
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         if treedef != self.treedef:
@@ -110,11 +119,13 @@ class Layout:
             raise TreeMismatchError(transformation, f"the {what} do not have the packed layout's "
                                     "structure", "", f"tree {self.treedef}", f"tree {treedef}")
         for i, x in enumerate(leaves):
-            if tuple(np.shape(x)) != self.shapes[i] or _dtype(x) != self.dtypes[i]:
+            if tuple(np.shape(x)) != self.shapes[i] or (dtypes and _dtype(x) != self.dtypes[i]):
                 raise TreeMismatchError(
                     transformation, f"the {what} do not match the packed layout",
                     _leaf_path(self, i), f"{self.dtypes[i].name}{list(self.shapes[i])}",
                     f"{_dtype(x).name}{list(np.shape(x))}")
+        if not dtypes:
+            self._check_group_dtypes(leaves, what, transformation)
         parts: list[list[jax.Array]] = [[] for _ in self.group_dtypes]
         for i, x in enumerate(leaves):
             parts[self.group_of[i]].append(jnp.asarray(x))
@@ -127,6 +138,24 @@ class Layout:
             else:
                 buffers.append(jnp.concatenate([jnp.ravel(x) for x in xs]))
         return Packed(tuple(buffers), self)
+
+    def _check_group_dtypes(self, leaves: list[Any], what: str, transformation: str) -> None:
+        """The leaves of one group must share a dtype (they are concatenated). The reference
+        is the group's first leaf of the layout's dtype if any (so the leaf named is the odd
+        one out), else its first leaf."""
+        for g in range(len(self.group_dtypes)):
+            members = [i for i in range(self.num_leaves) if self.group_of[i] == g]
+            if len({_dtype(leaves[i]) for i in members}) < 2:
+                continue
+            ref = next((i for i in members if _dtype(leaves[i]) == self.group_dtypes[g]),
+                       members[0])
+            i = next(i for i in members if _dtype(leaves[i]) != _dtype(leaves[ref]))
+            raise TreeMismatchError(
+                transformation, f"the {what} of one packed buffer have different dtypes",
+                _leaf_path(self, i),
+                f"{_dtype(leaves[ref]).name}{list(self.shapes[i])} (the dtype of "
+                f"{_leaf_path(self, ref)}, which shares its buffer)",
+                f"{_dtype(leaves[i]).name}{list(self.shapes[i])}")
 
     def unpack(self, buffers: tuple[Any, ...]) -> Any:
         """The original tree, from group buffers of this layout (slices and reshapes).
@@ -212,7 +241,8 @@ def _leaf_path(layout: Layout, i: int) -> str:
 class Packed:
     """A tree stored as a few flat buffers, one per dtype (see :func:`pack`).
 
-    A pytree: its leaves are the group buffers (1-D arrays, or a sharded leaf kept whole) and
+    A pytree: its leaves are the group buffers (1-D arrays, or a solo leaf kept whole: a
+    sharded leaf, or under :func:`flatten` a leaf larger than its ``max_leaf_size``) and
     its static data is the :class:`Layout`, so ``jax.grad`` of a function of a ``Packed``
     returns a ``Packed`` of gradients with the same layout, and ``jit``, ``vmap`` and donation
     treat it like any other tree. Two ``Packed`` values are the same tree structure exactly
@@ -220,7 +250,9 @@ class Packed:
 
     Attributes:
       buffers: tuple of group buffers, ``layout.group_dtypes[g]`` and
-        ``(layout.group_sizes[g],)`` (a solo group: the leaf's own shape).
+        ``(layout.group_sizes[g],)`` (a solo group: the leaf's own shape). A state's buffers
+        may have another dtype (float32 moments of bfloat16 parameters), and a ``vmap`` ped
+        value a leading batch axis.
       layout: the static :class:`Layout`.
     """
 
@@ -239,11 +271,20 @@ class Packed:
         return self.layout.unpack(self.buffers)
 
     def __repr__(self) -> str:
+        # The buffers' own dtypes and shapes (a state's moments, a vmapped batch), or the
+        # buffer itself when a tree map made it something else (a dtype, a tuple).
         groups = ", ".join(
-            f"{dt.name}[{n}]" + (" (sharded leaf)" if solo else "")
-            for dt, n, solo in zip(self.layout.group_dtypes, self.layout.group_sizes,
-                                   self.layout.solo))
+            _describe_buffer(b) + (" (solo leaf)" if solo else "")
+            for b, solo in zip(self.buffers, self.layout.solo))
         return f"Packed({self.layout.num_leaves} leaves in {groups})"
+
+
+def _describe_buffer(b: Any) -> str:
+    shape, dtype = getattr(b, "shape", None), getattr(b, "dtype", None)
+    try:
+        return f"{np.dtype(dtype).name}{[int(d) for d in shape]}"
+    except Exception:  # noqa: BLE001 - not an array-like buffer
+        return repr(b)
 
 
 def _flatten_packed(p: Packed):
@@ -278,7 +319,8 @@ def pack(tree: Any) -> Packed:
 
     Args:
       tree: a pytree of arrays (any shapes; leaves of one dtype share a buffer, in tree
-        order). A leaf sharded over several devices stays a buffer of its own.
+        order). A leaf sharded over several devices stays a buffer of its own. A
+        :class:`Packed` value is returned unchanged (packing never nests).
 
     Returns:
       A :class:`Packed` value; ``jopt.unpack(packed)`` (or ``packed.unpack()``) gives the
@@ -288,6 +330,8 @@ def pack(tree: Any) -> Packed:
       TreeMismatchError: never for a tree of arrays; raised by :meth:`Layout.pack` when a
         tree is packed into a layout it does not match.
     """
+    if isinstance(tree, Packed):
+        return tree
     return Layout.of(tree).pack(tree)
 
 
@@ -307,22 +351,25 @@ class FlattenState(NamedTuple):
 
     Attributes:
       inner: the wrapped transformation's state, built for the packed parameters: its
-        per-parameter buffers are flat, one per dtype (see :class:`Packed`).
+        per-parameter buffers are flat, one per dtype, except for the leaves larger than
+        ``max_leaf_size`` (and sharded ones), which keep their own (see :class:`Packed`).
     """
 
     inner: Any
 
 
-def flatten(inner: GradientTransformation) -> GradientTransformation:
+def flatten(inner: GradientTransformation, *,
+            max_leaf_size: int | None = 65_536) -> GradientTransformation:
     """Keeps ``inner``'s state in flat buffers: per-leaf parameters outside, flat state inside.
 
-    ``init`` runs ``inner.init`` on the packed parameters (:func:`pack`), so every
-    per-parameter state buffer (moments, momentum) is one 1-D buffer per dtype instead of one
-    per leaf. ``update`` packs the updates (and parameters) by dtype (one concatenation per
-    dtype), runs ``inner`` on the :class:`Packed` values and unpacks its updates to the
-    original tree (slices XLA fuses into ``apply_updates``). A jitted step then returns a few
-    state buffers instead of one or two per leaf and runs a few kernels for the arithmetic,
-    which is what costs time with thousands of small leaves.
+    ``init`` runs ``inner.init`` on the packed parameters (:func:`pack`), so the per-parameter
+    state (moments, momentum) of all the leaves of at most ``max_leaf_size`` elements is one
+    1-D buffer per dtype instead of one buffer per leaf; larger leaves (and sharded ones) keep
+    buffers of their own, in their own shapes. ``update`` packs the updates (and parameters)
+    the same way (one concatenation per dtype), runs ``inner`` on the :class:`Packed` values
+    and unpacks its updates to the original tree (slices XLA fuses into ``apply_updates``).
+    A jitted step then returns a few state buffers instead of one or two per leaf and runs a
+    few kernels for the arithmetic, which is what costs time with thousands of small leaves.
 
     Results equal ``inner``'s on the tree to float32 rounding (about one ulp: XLA may contract
     multiply-adds differently in a differently shaped kernel; global norms sum in another
@@ -333,13 +380,20 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     parameters themselves (:func:`pack`) avoids both.
 
     Unlike optax's ``flatten``, leaves are never promoted to a common dtype (each dtype has its
-    own buffer) and masks keep working. Call ``init`` outside ``jit`` when a leaf is sharded
+    own buffer) and masks keep working. The updates need only the parameters' structure and
+    shapes: like ``inner`` on the tree, they may come in another dtype (float32 gradients for
+    bfloat16 parameters), as long as the updates of the leaves that share a buffer share a
+    dtype. Call ``init`` outside ``jit`` when a leaf is sharded
     over several devices: traced parameters carry no sharding, so the leaf would be
     concatenated with the others instead of keeping a buffer of its own.
 
     Args:
       inner: any jopt transformation (or chain). optax transformations that only do
         elementwise arithmetic also work; ones that look at the tree's structure do not.
+      max_leaf_size: leaves with more elements keep buffers of their own (their state is not
+        flattened): for a large tensor the per-buffer cost is negligible, and concatenating
+        it every step would cost a copy (on a GPT-2-sized tree, flattening every leaf makes
+        the step several times slower). ``None`` flattens every leaf. Default 65536.
 
     Returns:
       A :class:`GradientTransformation` with state :class:`FlattenState`. ``update`` takes the
@@ -347,14 +401,26 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
       updates it runs ``inner`` on them directly.
 
     Raises:
-      TreeMismatchError: in ``update``, if the updates or parameters do not match the tree
-        ``init`` saw (structure, shape or dtype); the message names the tree path.
+      InvalidHyperparameterError: if ``inner`` is not a transformation (an object with
+        ``init`` and ``update``), or ``max_leaf_size`` is not None or an integer >= 0.
+      TreeMismatchError: in ``update``, if the updates (structure, shape) or parameters
+        (structure, shape, dtype) do not match the tree ``init`` saw, or if the updates of
+        leaves that share a buffer have different dtypes; the message names the tree path.
     """
     name = "flatten"
+    if not is_gradient_transformation(inner):
+        raise InvalidHyperparameterError(
+            name, "inner", inner, "an object with init and update (a jopt or optax transformation)")
+    if max_leaf_size is not None and (
+            isinstance(max_leaf_size, (bool, np.bool_))
+            or not isinstance(max_leaf_size, (int, np.integer)) or max_leaf_size < 0):
+        raise InvalidHyperparameterError(name, "max_leaf_size", max_leaf_size,
+                                         "None or a Python integer >= 0")
 
     def init_fn(params):
-        packed = params if isinstance(params, Packed) else pack(params)
-        return FlattenState(inner=inner.init(packed))
+        if not isinstance(params, Packed):
+            params = Layout.of(params, max_leaf_size=max_leaf_size).pack(params)
+        return FlattenState(inner=inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         if not isinstance(state, FlattenState):
@@ -363,13 +429,20 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
         if isinstance(updates, Packed):
             u, s = inner.update(updates, state.inner, params, **extra_args)
             return u, FlattenState(inner=s)
-        layout = _layout_of_state(state.inner) or Layout.of(updates)
-        g = layout.pack(updates, what="updates", transformation=name)
+        # The state's layout is the parameters' at init. A state without packed buffers (sgd)
+        # gives none: the layout is then the parameters' (or, without them, the updates').
+        layout = _layout_of_state(state.inner)
+        if layout is None:
+            layout = Layout.of(updates if params is None else params, max_leaf_size=max_leaf_size)
+        g = layout.pack(updates, what="updates", transformation=name, dtypes=False)
         p = None if params is None else layout.pack(params, what="params", transformation=name)
         u, s = inner.update(g, state.inner, p, **extra_args)
         return layout.unpack(u.buffers), FlattenState(inner=s)
 
-    return GradientTransformation(init_fn, update_fn, name=name, config={"inner": inner})
+    config: dict[str, Any] = {"inner": inner}
+    if max_leaf_size != 65_536:
+        config["max_leaf_size"] = max_leaf_size
+    return GradientTransformation(init_fn, update_fn, name=name, config=config)
 
 
 def _layout_of_state(state: Any) -> Layout | None:
@@ -383,3 +456,59 @@ def _layout_of_state(state: Any) -> Layout | None:
 
     jax.tree_util.tree_map(visit, state, is_leaf=lambda x: isinstance(x, Packed))
     return found[0] if found else None
+
+
+def _check_packed_match(transformation: str, expected: Any, got: Any, *, expected_name: str,
+                        got_name: str) -> None:
+    """Raises a readable :class:`TreeMismatchError` for two trees of different structures when
+    one of them is a :class:`Packed` (called by ``_tree.check_match``; returns when it has
+    nothing more specific to say than the generic structure message)."""
+    exp_packed, got_packed = isinstance(expected, Packed), isinstance(got, Packed)
+    state = expected_name == "the parameters init saw"
+    if got_packed and not exp_packed:
+        what = (f"the {got_name} are a jopt.Packed but the state was built for a per-leaf tree "
+                f"(init with jopt.pack(params), or pass per-leaf {got_name})" if state else
+                f"the {got_name} are a jopt.Packed but {expected_name} are a per-leaf tree "
+                "(pack both with jopt.pack, or neither)")
+        raise TreeMismatchError(transformation, what, "", "a per-leaf tree", repr(got))
+    if exp_packed and not got_packed:
+        what = (f"the {got_name} are a per-leaf tree but the state was built for a jopt.Packed "
+                f"(pass {got_name} packed with the same layout, such as gradients with respect "
+                "to the packed parameters, or init with per-leaf params)" if state else
+                f"the {got_name} are a per-leaf tree but {expected_name} are a jopt.Packed "
+                "(pack both with jopt.pack, or neither)")
+        raise TreeMismatchError(transformation, what, "", repr(expected), "a per-leaf tree")
+    if not (exp_packed and got_packed):
+        return
+    a, b = expected.layout, got.layout
+    what = f"the {got_name} are packed with another layout than {expected_name}"
+
+    def leaf(layout: Layout, i: int) -> str:
+        return f"{layout.dtypes[i].name}{list(layout.shapes[i])}"
+
+    if a.treedef != b.treedef:
+        a_paths = {_leaf_path(a, i): i for i in range(a.num_leaves)}
+        b_paths = {_leaf_path(b, i): i for i in range(b.num_leaves)}
+        missing = [p for p in a_paths if p not in b_paths]
+        extra = [p for p in b_paths if p not in a_paths]
+        if missing:
+            raise TreeMismatchError(
+                transformation, what, missing[0], f"a leaf ({leaf(a, a_paths[missing[0]])})",
+                "no leaf there" + (f" (extra leaf at {extra[0]})" if extra else ""))
+        if extra:
+            raise TreeMismatchError(transformation, what, extra[0], "no leaf there",
+                                    f"a leaf ({leaf(b, b_paths[extra[0]])})")
+        return
+    for i in range(a.num_leaves):
+        if (a.shapes[i], a.dtypes[i]) != (b.shapes[i], b.dtypes[i]):
+            raise TreeMismatchError(transformation, what, _leaf_path(a, i), leaf(a, i),
+                                    leaf(b, i))
+    for i in range(a.num_leaves):
+        a_solo, b_solo = a.solo[a.group_of[i]], b.solo[b.group_of[i]]
+        if a_solo != b_solo:
+            def where(solo: bool) -> str:
+                return "in a buffer of its own" if solo else "in a shared buffer"
+
+            raise TreeMismatchError(transformation, what, _leaf_path(a, i),
+                                    f"{leaf(a, i)} {where(a_solo)}",
+                                    f"{leaf(b, i)} {where(b_solo)}")

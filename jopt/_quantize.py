@@ -300,7 +300,12 @@ def encode_blocks(blocks: jax.Array, absmax: jax.Array, signed: bool) -> jax.Arr
     """``uint8`` codes of float32 blocks given their :func:`block_absmax` (elementwise)."""
     # A block of zeros divides by 1 instead of 0: its codes are those of 0, its scale 0.
     scale = jnp.where(absmax > 0, absmax, jnp.float32(1.0))
-    return nearest_codes(blocks / scale[..., None], signed).astype(jnp.uint8)
+    # XLA may divide by multiplying with the reciprocal, which for a scale above 2**126 is
+    # subnormal and flushed to zero on CPU. Both sides are first multiplied by 2**-64 there
+    # (exact, and any element it would flush is below 2**-126 of the scale, code 0 anyway).
+    pre = jnp.where(scale > jnp.float32(2.0**100), jnp.float32(2.0**-64), jnp.float32(1.0))
+    normed = (blocks * pre[..., None]) / (scale * pre)[..., None]
+    return nearest_codes(normed, signed).astype(jnp.uint8)
 
 
 def quantize_blocks(blocks: jax.Array, signed: bool) -> tuple[jax.Array, jax.Array]:
@@ -344,7 +349,8 @@ def quantize_blockwise(x: jax.typing.ArrayLike, signed: bool = True,
     to exact zeros (no division by zero). The element of largest magnitude of a block is
     ``+-1`` after division and dequantizes exactly (the map holds ``+-1``). A block holding a
     NaN or an infinity gets ``absmax = NaN`` and dequantizes to NaN everywhere; the codes stay
-    valid ``uint8`` values.
+    valid ``uint8`` values. Any finite scale works, up to the largest float32 (no
+    reciprocal of ``absmax`` is formed, so none underflows).
 
     Args:
       x: a real array (any shape, any real dtype; computed in float32).
@@ -358,7 +364,8 @@ def quantize_blockwise(x: jax.typing.ArrayLike, signed: bool = True,
       ``float32[n_blocks]``, and the original shape and dtype.
 
     Raises:
-      InvalidHyperparameterError: for a complex ``x``, a ``block_size`` that is not an integer
+      InvalidHyperparameterError: for an ``x`` that is not a real array (complex, or not
+        convertible by ``jax.numpy.asarray``), a ``block_size`` that is not an integer
         >= 1, or a non-bool ``signed``.
 
     Examples:
@@ -374,7 +381,13 @@ def quantize_blockwise(x: jax.typing.ArrayLike, signed: bool = True,
     if not isinstance(signed, (bool, np.bool_)):
         raise InvalidHyperparameterError(name, "signed", signed, "a bool")
     block_size = check_block_size(name, block_size)
-    x = jnp.asarray(x)
+    try:
+        x = jnp.asarray(x)
+    except (TypeError, ValueError):
+        raise InvalidHyperparameterError(
+            name, "x", x, "a real array (or a value jax.numpy.asarray accepts)") from None
+    if not jnp.issubdtype(x.dtype, jnp.number) and x.dtype != jnp.bool_:
+        raise InvalidHyperparameterError(name, "x", np.dtype(x.dtype).name, "a real array")
     _check_real_input(name, x.dtype)
     codes, absmax = _quantize_jit(x, bool(signed), block_size)
     return QuantizedArray(codes=codes, absmax=absmax, shape=tuple(x.shape),
@@ -407,11 +420,56 @@ def dequantize_blockwise(q: QuantizedArray, shape: tuple[int, ...] | None = None
       give exact zeros; a block whose ``absmax`` is NaN gives NaN.
 
     Raises:
-      InvalidHyperparameterError: if ``shape`` has a different number of elements.
+      InvalidHyperparameterError: if ``q`` is not a :class:`QuantizedArray`, if its leaves do
+        not match its static shape (``codes`` ``uint8[n_blocks, block_size]``, ``absmax``
+        ``float32[n_blocks]``), or if ``shape`` is not a tuple of integers >= 0 with
+        ``prod(q.shape)`` elements.
     """
-    target = tuple(q.shape) if shape is None else tuple(int(d) for d in shape)
+    name = "dequantize_blockwise"
+    if not isinstance(q, QuantizedArray):
+        raise InvalidHyperparameterError(
+            name, "q", _describe(q), "a jopt.QuantizedArray (from jopt.quantize_blockwise)")
+    _check_layout(name, q)
+    target = q.shape if shape is None else _check_shape(name, shape)
     if math.prod(target) != math.prod(q.shape):
         raise InvalidHyperparameterError(
             "dequantize_blockwise", "shape", target,
             f"a shape with {math.prod(q.shape)} elements (the quantized array's {q.shape})")
     return _dequantize_jit(q, target, q.signed)
+
+
+def _describe(x: Any) -> str:
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{type(x).__name__} {np.dtype(dtype).name}{list(shape)}"
+    return type(x).__name__
+
+
+def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 0
+            for d in dims):
+        raise InvalidHyperparameterError(name, "shape", shape, "a tuple of integers >= 0")
+    return tuple(int(d) for d in dims)
+
+
+def _check_layout(name: str, q: QuantizedArray) -> None:
+    """The leaves of ``q`` against its static data (they may be hand-built or edited)."""
+    shape = _check_shape(name, q.shape)
+    codes_shape = getattr(q.codes, "shape", None)
+    absmax_shape = getattr(q.absmax, "shape", None)
+    ok = (codes_shape is not None and len(codes_shape) == 2 and codes_shape[1] >= 1
+          and getattr(q.codes, "dtype", None) == np.uint8
+          and getattr(q.absmax, "dtype", None) == np.float32)
+    if ok:
+        nb = num_blocks(math.prod(shape), codes_shape[1])
+        ok = tuple(codes_shape) == (nb, codes_shape[1]) and tuple(absmax_shape) == (nb,)
+    if not ok:
+        raise InvalidHyperparameterError(
+            name, "q", f"codes {_describe(q.codes)}, absmax {_describe(q.absmax)}",
+            f"codes uint8[ceil({math.prod(shape)} / block_size), block_size] and absmax "
+            f"float32[n_blocks] for its shape {shape}")

@@ -197,8 +197,15 @@ class OneMinus(Schedule):
         c = self.complement
         if isinstance(c, jax.core.Tracer):
             return "one_minus(<traced>)"
-        return (f"one_minus({_fmt_num(float(1.0 - np.asarray(c, np.float64)))})"
-                if np.ndim(c) == 0 else f"one_minus(complement={np.asarray(c).tolist()})")
+        # A tree mapped to something else (dtypes, ShapeDtypeStructs, tuples) shows its leaf.
+        try:
+            a = np.asarray(c)
+        except Exception:  # noqa: BLE001 - any leaf that is not array-like
+            a = None
+        if a is None or a.dtype.kind not in "biuf":
+            return f"one_minus(complement={c!r})"
+        return (f"one_minus({_fmt_num(float(1.0 - a.astype(np.float64)))})"
+                if a.ndim == 0 else f"one_minus(complement={a.tolist()})")
 
 
 class Constant(Schedule):

@@ -70,6 +70,12 @@ def check_match(
     exp_def = jax.tree_util.tree_structure(expected)
     got_def = jax.tree_util.tree_structure(got)
     if exp_def != got_def:
+        from jopt._packed import Packed, _check_packed_match
+
+        if isinstance(expected, Packed) or isinstance(got, Packed):
+            # A layout mismatch names the original leaf, not two PyTreeDefs of the layouts.
+            _check_packed_match(transformation, expected, got, expected_name=expected_name,
+                                got_name=got_name)
         exp_paths = _paths(expected)
         got_paths = _paths(got)
         missing = [p for p in exp_paths if p not in got_paths]

@@ -495,7 +495,7 @@ def test_sharded_leaf_stays_its_own_group():
     assert layout.group_of == (0, 0, 1, 2)
     assert pk.buffers[2].shape == (16, 4) and pk.buffers[2].sharding == sh
     assert pk.buffers[0].shape == (13,) and pk.buffers[0].sharding.is_fully_replicated
-    assert repr(pk) == "Packed(4 leaves in float32[13], bfloat16[5], float32[64] (sharded leaf))"
+    assert repr(pk) == "Packed(4 leaves in float32[13], bfloat16[5], float32[16, 4] (solo leaf))"
     assert tree_equal(pk.unpack(), params)
 
 
@@ -689,8 +689,11 @@ def test_flatten_error_on_different_dtype():
     bad["blocks"][0] = (bad["blocks"][0][0], bad["blocks"][0][1].astype(jnp.float32))
     with pytest.raises(TreeMismatchError) as e:
         jax.jit(tx.update)(bad, state, params)
-    assert str(e.value) == ("flatten: the updates do not match the packed layout at path "
-                            "['blocks'][0][1]: expected bfloat16[5], got float32[5].")
+    # Updates may have another dtype than the params (float32 grads for bfloat16 params), but
+    # the leaves that share a buffer must share one.
+    assert str(e.value) == ("flatten: the updates of one packed buffer have different dtypes "
+                            "at path ['blocks'][0][1]: expected bfloat16[5] (the dtype of "
+                            "['blocks'][1]['w'], which shares its buffer), got float32[5].")
 
 
 def test_flatten_error_on_params_of_another_tree():
@@ -706,14 +709,19 @@ def test_packed_updates_of_another_layout():
     tx = jopt.adam(0.1)
     state = tx.init(jopt.pack(_mixed_params()))
     other = jopt.pack({**_mixed_params(), "scale": jnp.ones((2,))})
-    with pytest.raises(TreeMismatchError, match=r"^scale_by_adam: the updates do not have the "
-                       r"structure of the parameters init saw: expected tree .*, got tree "):
+    # The message names the first differing original leaf, not the layouts' PyTreeDefs.
+    with pytest.raises(TreeMismatchError) as e:
         tx.update(other, state)
+    assert str(e.value) == ("scale_by_adam: the updates are packed with another layout than "
+                            "the parameters init saw at path ['scale']: expected float32[], "
+                            "got float32[2].")
     # Through flatten (its inner transformation sees the packed updates) and apply_updates.
     ftx = jopt.flatten(jopt.adam(0.1))
-    with pytest.raises(TreeMismatchError, match=r"^scale_by_adam: the updates do not have"):
+    with pytest.raises(TreeMismatchError, match=r"^scale_by_adam: the updates are packed with "
+                       r"another layout than the parameters init saw at path \['scale'\]"):
         jax.jit(ftx.update)(other, ftx.init(_mixed_params()))
-    with pytest.raises(TreeMismatchError, match=r"^apply_updates: "):
+    with pytest.raises(TreeMismatchError, match=r"^apply_updates: the updates are packed with "
+                       r"another layout than the parameters at path \['scale'\]"):
         jopt.apply_updates(jopt.pack(_mixed_params()), other)
 
 
@@ -773,3 +781,120 @@ def test_compiled_packed_step_is_constant_size():
     fstate = jax.eval_shape(jopt.flatten(jopt.adam(1e-3)).init, shapes)
     per_param = [x for x in jax.tree_util.tree_leaves(fstate) if x.ndim]
     assert sorted(x.shape for x in per_param) == sorted([(n,) for n in pk.layout.group_sizes] * 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Review regressions: reprs of mapped trees, pack idempotence, mixed precision in flatten,
+#    messages for mismatched packed values, flatten's argument check.
+
+
+def _small_mixed():
+    return {"w": jnp.ones(3, jnp.bfloat16), "b": jnp.ones(2)}
+
+
+def test_repr_of_state_mapped_to_non_arrays():
+    params = _small_mixed()
+    state = jopt.adam(1e-3).init(params)
+    text = repr(jax.tree.map(lambda x: x.dtype, state))
+    assert "one_minus(complement=dtype('float32'))" in text
+    assert "one_minus(complement=ShapeDtypeStruct(shape=(), dtype=float32))" in repr(
+        jax.eval_shape(jopt.adam(1e-3).init, params))
+    flat = jopt.flatten(jopt.adam(1e-3)).init(params)
+    text = repr(jax.tree.map(lambda x: (x.shape, x.dtype.name), flat))
+    assert "one_minus(complement=((), 'float32'))" in text
+    assert "Packed(2 leaves in ((2,), 'float32'), ((3,), 'float32'))" in text
+    # Concrete values still print as numbers.
+    assert "one_minus(0.9)" in repr(state)
+
+
+def test_packed_repr_shows_the_buffers_dtypes_and_shapes():
+    params = _small_mixed()
+    # adam keeps float32 moments for bfloat16 parameters: the repr shows the buffers' dtype.
+    mu = jopt.adam(0.1).init(jopt.pack(params))[0].mu
+    assert repr(jopt.pack(params)) == "Packed(2 leaves in float32[2], bfloat16[3])"
+    assert repr(mu) == "Packed(2 leaves in float32[2], float32[3])"
+    batch = jax.vmap(jopt.pack)({"w": jnp.ones((4, 3))})
+    assert repr(batch) == "Packed(1 leaves in float32[4, 3])"
+    big = jopt.Layout.of({"a": jnp.ones(4), "b": jnp.ones((3, 5))}, max_leaf_size=8)
+    packed = big.pack({"a": jnp.ones(4), "b": jnp.ones((3, 5))})
+    assert repr(packed) == "Packed(2 leaves in float32[4], float32[3, 5] (solo leaf))"
+
+
+def test_pack_of_packed_is_unchanged():
+    pk = jopt.pack(_mixed_params())
+    assert jopt.pack(pk) is pk
+    assert tree_equal(jopt.unpack(jopt.pack(pk)), _mixed_params())
+
+
+@pytest.mark.parametrize("inner", [lambda: jopt.adam(0.1), lambda: jopt.sgd(0.1, momentum=0.9),
+                                   lambda: jopt.sgd(0.1)], ids=["adam", "momentum", "sgd"])
+def test_flatten_mixed_precision_updates(inner):
+    # bfloat16 params with float32 grads: accepted as by the plain transformation. sgd's state
+    # holds no Packed, so flatten rebuilds the layout from the params.
+    params = _small_mixed()
+    grads = {"w": jnp.full(3, 0.5), "b": jnp.full(2, -0.25)}
+    plain, flat = inner(), jopt.flatten(inner())
+    ref, _ = plain.update(grads, plain.init(params), params)
+    for update in (flat.update, jax.jit(flat.update)):
+        out, _ = update(grads, flat.init(params), params)
+        assert jax.tree.map(lambda x: x.dtype, out) == jax.tree.map(lambda x: x.dtype, ref)
+        _assert_close(out, ref)
+        # Without params the layout comes from the updates.
+        out, _ = update(grads, flat.init(params))
+        assert out["w"].dtype == ref["w"].dtype
+
+
+def test_flatten_updates_of_one_buffer_with_different_dtypes():
+    tx = jopt.flatten(jopt.adam(0.1))
+    state = tx.init({"b": jnp.ones(2), "w": jnp.ones(3)})
+    with pytest.raises(TreeMismatchError) as e:
+        tx.update({"b": jnp.ones(2, jnp.bfloat16), "w": jnp.ones(3)}, state)
+    # The leaf named is the odd one out (not of the params' dtype), not the later one.
+    assert str(e.value) == ("flatten: the updates of one packed buffer have different dtypes at "
+                            "path ['b']: expected float32[2] (the dtype of ['w'], which shares "
+                            "its buffer), got bfloat16[2].")
+    assert e.value.path == "['b']"
+
+
+def test_packed_values_of_different_dtype_layouts():
+    tx = jopt.adam(0.1)
+    state = tx.init(jopt.pack(_small_mixed()))
+    other = jopt.pack({"w": jnp.ones(4, jnp.bfloat16), "b": jnp.ones(2)})
+    with pytest.raises(TreeMismatchError) as e:
+        tx.update(other, state)
+    assert str(e.value) == ("scale_by_adam: the updates are packed with another layout than "
+                            "the parameters init saw at path ['w']: expected bfloat16[3], got "
+                            "bfloat16[4].")
+    extra = jopt.pack({**_small_mixed(), "c": jnp.ones(1)})
+    with pytest.raises(TreeMismatchError, match=r"at path \['c'\]: expected no leaf there, got a "
+                       r"leaf \(float32\[1\]\)\.$"):
+        tx.update(extra, state)
+    # Same leaves, one kept in a buffer of its own.
+    p = {"a": jnp.ones(4), "b": jnp.ones(16)}
+    solo = jopt.Layout.of(p, max_leaf_size=8).pack(p)
+    with pytest.raises(TreeMismatchError, match=r"at path \['b'\]: expected float32\[16\] in a "
+                       r"shared buffer, got float32\[16\] in a buffer of its own\.$"):
+        tx.update(solo, tx.init(jopt.pack(p)))
+
+
+def test_packed_against_per_leaf_messages():
+    params = _small_mixed()
+    tx = jopt.adam(0.1)
+    with pytest.raises(TreeMismatchError, match=r"^scale_by_adam: the updates are a jopt.Packed "
+                       r"but the state was built for a per-leaf tree \(init with "
+                       r"jopt.pack\(params\), or pass per-leaf updates\): expected a per-leaf "
+                       r"tree, got Packed\(2 leaves in float32\[2\], bfloat16\[3\]\)\.$"):
+        tx.update(jopt.pack(params), tx.init(params))
+    with pytest.raises(TreeMismatchError, match=r"^scale_by_adam: the updates are a per-leaf "
+                       r"tree but the state was built for a jopt.Packed \(pass updates packed "):
+        tx.update(params, tx.init(jopt.pack(params)))
+    with pytest.raises(TreeMismatchError, match=r"^apply_updates: the updates are a jopt.Packed "
+                       r"but the parameters are a per-leaf tree \(pack both with jopt.pack, or "
+                       r"neither\)"):
+        jopt.apply_updates(params, jopt.pack(params))
+
+
+def test_flatten_rejects_a_non_transformation():
+    with pytest.raises(jopt.errors.InvalidHyperparameterError,
+                       match=r"^flatten: inner must be an object with init and update"):
+        jopt.flatten(3)
