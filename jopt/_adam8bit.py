@@ -117,9 +117,9 @@ def _adam(g: jax.Array, m: jax.Array, v: jax.Array, k: _Coefficients):
     v_new = cr(k.c2) * _tree.abs_sq(g) + cr(k.b2) * v
     m_hat = m_new / cc(k.bc1)
     v_hat = v_new / cr(k.bc2)
-    denom = jnp.sqrt(v_hat + cr(k.eps_root)) + cr(k.eps)
-    # With eps = 0 a zero second moment means a zero first moment: 0, not 0/0.
-    denom = jnp.maximum(denom, jnp.finfo(rt).tiny)
+    # With eps = 0 a zero second moment means a zero first moment: 0, not 0/0 (the floor on
+    # the scalar eps, as in scale_by_adam).
+    denom = jnp.sqrt(v_hat + cr(k.eps_root)) + jnp.maximum(cr(k.eps), jnp.finfo(rt).tiny)
     return m_hat / denom.astype(ct), m_new, v_new
 
 

@@ -316,10 +316,12 @@ def scale_by_adam(
             else:
                 m_hat = m_new / cc(bc1)
             v_hat = v_new / cr(bc2)
-            denom = jnp.sqrt(v_hat + cr(hp["eps_root"])) + cr(hp["eps"])
-            # With eps = 0 (allowed) a zero second moment means a zero first moment: keep the
-            # documented 0 instead of 0/0 by flooring the denominator at the smallest normal.
-            denom = jnp.maximum(denom, jnp.finfo(rt).tiny)
+            # With eps = 0 (allowed) a zero second moment means a zero first moment: adding
+            # the smallest normal number instead keeps the documented 0 rather than 0/0. The
+            # floor is taken on the scalar, so the per-element work is optax's; for any
+            # eps >= 1.2e-38 the result is unchanged.
+            eps = jnp.maximum(cr(hp["eps"]), jnp.finfo(rt).tiny)
+            denom = jnp.sqrt(v_hat + cr(hp["eps_root"])) + eps
             u = m_hat / denom.astype(ct)
             return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
