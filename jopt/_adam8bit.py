@@ -298,10 +298,11 @@ def scale_by_adam_8bit(
     moments at plus or minus it). That element's update is then 0, as in
     :func:`jopt.scale_by_adam`, and the rest of its block keeps finite updates.
 
-    Speed: memory is the point, not speed. On CPU a step costs several float32 Adam steps
-    (measured on a 2-core CPU, jitted, donated, medians of interleaved runs: about 3-4x on
-    one ``2**24``-element leaf, about 5x on four ``(768, 3072)`` leaves), for the decoding
-    and requantization arithmetic. Accelerators are not measured here.
+    Speed: memory is the point, not speed. On CPU a step costs several float32 Adam steps,
+    for the decoding and requantization arithmetic: ``benchmarks/run.py`` on a 2-core CPU
+    (jitted, donated, medians of interleaved rounds against optax's float32 Adam) measured
+    8.2x on one ``2**24``-element leaf and 11.8x on a GPT-2-small tree. Accelerators are not
+    measured here.
 
     Sharding: ``init`` does not choose a sharding for the codes and scales. Under a mesh with
     sharded parameters, a jitted step can return them sharded like the gradients (for
@@ -476,7 +477,7 @@ def adam_8bit(
     :func:`jopt.adam` with moments stored block-wise in 8 bits (about a quarter of the
     state memory); see :func:`scale_by_adam_8bit` for the rule, the layout, the accuracy,
     saturation (second moments are saturated at the largest float32), and the costs: memory
-    is the point; on CPU a step takes about 3-5x the time of float32 Adam's (measured on a
+    is the point; on CPU a step takes about 8-12x the time of float32 Adam's (measured on a
     2-core CPU), and with sharded parameters the second jitted step may compile once more.
 
     Args:
