@@ -36,6 +36,31 @@ def tree_equal(a, b):
     )
 
 
+def strict_json(path):
+    """Loads a JSON file, failing on NaN/Infinity (which are not JSON)."""
+    import json
+
+    def reject(token):
+        raise AssertionError(f"{path} contains {token}, which is not strict JSON")
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f, parse_constant=reject)
+
+
+def counting_step(tx):
+    """A jitted ``(params, state, grads) -> (params, state)`` step of ``tx`` and the list it
+    appends to each time it is traced (its length is the number of traces)."""
+    traces = []
+
+    @jax.jit
+    def step(p, s, g):
+        traces.append(1)
+        u, s = tx.update(g, s, p)
+        return jopt.apply_updates(p, u), s
+
+    return step, traces
+
+
 def tree_signature(tree):
     """(structure, [(shape, dtype)]) of a tree, for the state contract."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)

@@ -5,12 +5,13 @@ performance figure: timings on shared machines are noise; only the program's mec
 the shape of its output are checked.
 """
 
-import json
 import math
 import os
 import pathlib
 import subprocess
 import sys
+
+from helpers import strict_json
 
 ROOT = pathlib.Path(__file__).parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -18,12 +19,6 @@ OPTIMIZERS = ["sgd", "adam", "adamw", "chain", "adam8bit"]
 STEP_CASES = ["big_leaf", "gpt2", "resnet50", "many_small"]
 
 
-def _strict_json(path):
-    def reject(token):
-        raise AssertionError(f"{path} contains {token}, which is not strict JSON")
-
-    with open(path, encoding="utf-8") as f:
-        return json.load(f, parse_constant=reject)
 
 
 def _positive(x):
@@ -45,7 +40,7 @@ def test_quick_tiny_run_writes_table_json_and_plot(tmp_path):
         assert (out / name).is_file(), name
     assert (out / "results.png").read_bytes()[:8] == PNG_MAGIC
 
-    data = _strict_json(out / "results.json")
+    data = strict_json(out / "results.json")
     machine = data["machine"]
     for key in ("jax", "optax", "jopt", "device", "device_kind", "cpu_count", "date", "mode"):
         assert machine[key] not in (None, ""), key

@@ -4,7 +4,6 @@ Runs call ``main([...])`` in-process (one compile cache, fast) with ``--out`` un
 ``tmp_path``; one test runs ``python -m jopt`` in a subprocess.
 """
 
-import json
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import sklearn  # noqa: E402,F401
 import tqdm  # noqa: E402,F401
+from helpers import strict_json  # noqa: E402
 
 import jopt  # noqa: E402
 from jopt._cli import main  # noqa: E402
@@ -22,13 +22,6 @@ from jopt._cli import main  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _strict_json(path):
-    """Loads a JSON file, failing on NaN/Infinity (which are not JSON)."""
-    def reject(token):
-        raise AssertionError(f"{path} contains {token}, which is not strict JSON")
-
-    with open(path, encoding="utf-8") as f:
-        return json.load(f, parse_constant=reject)
 
 
 def _error_line(capsys):
@@ -65,7 +58,7 @@ def test_end_to_end_digits_few_epochs(tmp_path, capsys):
     # Not a terminal: no progress bar, so a redirected log stays one line per epoch.
     assert "loss=" not in captured.err
 
-    metrics = _strict_json(out / "metrics.json")
+    metrics = strict_json(out / "metrics.json")
     assert set(metrics) >= {"config", "steps", "epochs", "summary"}
     cfg = metrics["config"]
     assert cfg["optimizer"] == "adamw" and cfg["schedule"] == "warmup_cosine"
@@ -99,7 +92,7 @@ def test_default_configuration_reaches_95_percent_and_matches_optax(tmp_path, ca
     out = tmp_path / "default"
     assert main(["train", "--compare", "optax", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
-    metrics = _strict_json(out / "metrics.json")
+    metrics = strict_json(out / "metrics.json")
     summary = metrics["summary"]
     assert summary["test_accuracy"] >= 0.95, stdout
     assert summary["stop_reason"] in ("patience exhausted", "max epochs reached")
@@ -122,7 +115,7 @@ def test_default_output_folder(tmp_path, monkeypatch, capsys):
 def test_compare_optax_default_config_agrees(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["train", "--epochs", "4", "--compare", "optax", "--out", str(out)]) == 0
-    cmp = _strict_json(out / "metrics.json")["compare"]
+    cmp = strict_json(out / "metrics.json")["compare"]
     assert cmp["steps"] == len(cmp["rel_loss_diff"]) > 0
     assert cmp["max_rel_loss_diff"] <= 1e-5, cmp["max_rel_loss_diff"]
 
@@ -134,7 +127,7 @@ def test_compare_optax_sgd_agrees(tmp_path, capsys):
     assert main(["train", "--optimizer", "sgd", "--learning-rate", "0.05", "--epochs", "4",
                  "--compare", "optax", "--out", str(out)]) == 0
     assert "optax compare" in capsys.readouterr().out
-    metrics = _strict_json(out / "metrics.json")
+    metrics = strict_json(out / "metrics.json")
     cmp = metrics["compare"]
     assert cmp["library"] == "optax"
     assert cmp["steps"] == len(metrics["steps"]["loss"]) == 4 * metrics["config"]["steps_per_epoch"]
@@ -149,7 +142,7 @@ def test_schedules_match_optax(schedule, tmp_path, capsys):
     assert main(["train", "--optimizer", "sgd", "--learning-rate", "0.05", "--schedule",
                  schedule, "--warmup-steps", "10", "--epochs", "2", "--compare", "optax",
                  "--out", str(out)]) == 0
-    metrics = _strict_json(out / "metrics.json")
+    metrics = strict_json(out / "metrics.json")
     lr = metrics["steps"]["learning_rate"]
     assert lr[0] == 0.0 and max(lr) == pytest.approx(0.05)
     assert metrics["compare"]["max_rel_loss_diff"] <= 1e-5
@@ -161,7 +154,7 @@ def test_diverging_run_stops_on_non_finite_metric(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "stop reason:    non-finite metric" in stdout
     assert "test accuracy:" in stdout and "wall time:" in stdout
-    metrics = _strict_json(out / "metrics.json")  # NaN losses are stored as null
+    metrics = strict_json(out / "metrics.json")  # NaN losses are stored as null
     assert metrics["summary"]["stop_reason"] == "non-finite metric"
     assert (out / "curves.png").read_bytes().startswith(PNG_MAGIC)
 
@@ -239,7 +232,7 @@ def test_good_npz_file_trains(tmp_path, capsys):
     X = rng.normal(size=(80, 5)) + y[:, None].astype(np.float64)
     path = _npz(tmp_path / "ok.npz", X=X.astype(np.float32), y=y)
     assert main(["train", "--data", path, "--epochs", "2", "--out", str(tmp_path / "o")]) == 0
-    data = _strict_json(tmp_path / "o" / "metrics.json")["data"]
+    data = strict_json(tmp_path / "o" / "metrics.json")["data"]
     assert data["n_classes"] == 2 and data["n_features"] == 5
 
 
@@ -294,7 +287,7 @@ def test_population_end_to_end_and_members_equal_solo_runs(tmp_path, capsys):
     assert main(["train", "--population", "learning_rate=" + ",".join(POP_LRS), *POP_ARGS,
                  "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
-    metrics = _strict_json(out / "metrics.json")
+    metrics = strict_json(out / "metrics.json")
     members = metrics["members"]
     assert len(members) == 3
 
@@ -342,7 +335,7 @@ def test_population_end_to_end_and_members_equal_solo_runs(tmp_path, capsys):
     for m, lr in zip(members, POP_LRS):
         solo_out = tmp_path / f"solo-{lr}"
         assert main(["train", "--learning-rate", lr, *POP_ARGS, "--out", str(solo_out)]) == 0
-        solo = _strict_json(solo_out / "metrics.json")
+        solo = strict_json(solo_out / "metrics.json")
         for key in ("epochs_run", "steps_run", "stop_reason", "best_epoch"):
             assert m["summary"][key] == solo["summary"][key], (lr, key)
         np.testing.assert_allclose(m["steps"]["loss"], solo["steps"]["loss"], rtol=1e-5)
@@ -364,7 +357,7 @@ def test_weight_decay_population_and_plateau_together(tmp_path, capsys):
                  "--plateau-patience", "1", "--plateau-min-delta", "0.01", "--epochs", "3",
                  "--out", str(out)]) == 0
     assert "lr scale" in capsys.readouterr().out
-    metrics = _strict_json(out / "metrics.json")
+    metrics = strict_json(out / "metrics.json")
     spe = metrics["config"]["steps_per_epoch"]
     slow, fast = metrics["members"]
     lr = np.asarray(slow["steps"]["learning_rate"]).reshape(3, spe)
@@ -380,7 +373,7 @@ def test_weight_decay_population_and_plateau_together(tmp_path, capsys):
     assert main(["train", "--population", "weight_decay=0,0.5", "--epochs", "2",
                  "--dataset", "wine", "--out", str(out)]) == 0
     assert "weight_decay" in capsys.readouterr().out
-    wd = _strict_json(out / "metrics.json")["members"]
+    wd = strict_json(out / "metrics.json")["members"]
     assert [m["value"] for m in wd] == [0.0, 0.5]
     assert wd[0]["steps"]["learning_rate"] == wd[1]["steps"]["learning_rate"]
     assert wd[0]["steps"]["loss"][1:] != wd[1]["steps"]["loss"][1:]
@@ -394,7 +387,7 @@ def test_reduce_on_plateau_reduces_and_matches_optax(tmp_path, capsys):
                  "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "plateau scale:  0.25" in stdout
-    metrics = _strict_json(out / "metrics.json")
+    metrics = strict_json(out / "metrics.json")
     assert metrics["config"]["reduce_on_plateau"]["accumulation_size"] == \
         metrics["config"]["steps_per_epoch"]
     lr = np.asarray(metrics["steps"]["learning_rate"])

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import REGISTRY, REGISTRY_IDS, matrices_only, tree_equal
+from helpers import REGISTRY, REGISTRY_IDS, counting_step, matrices_only, tree_equal
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -452,13 +452,7 @@ def test_layout_equal_and_hashable_no_recompile():
     assert jopt.Layout.of({**_mixed_params(), "scale": jnp.zeros((1,))}) != a
     assert len({a, b}) == 1
     tx = jopt.sgd(0.1, momentum=0.9)
-    traces = []
-
-    @jax.jit
-    def step(p, s, g):
-        traces.append(1)
-        u, s = tx.update(g, s, p)
-        return jopt.apply_updates(p, u), s
+    step, traces = counting_step(tx)
 
     pk = jopt.pack(_mixed_params())
     state = tx.init(pk)
@@ -516,13 +510,7 @@ def test_sharded_leaf_keeps_its_sharding_in_the_state(mode):
         return adam.mu.buffers[2].sharding, adam.nu.buffers[2].sharding
 
     assert solo_shardings(state) == (sh, sh)
-    traces = []
-
-    @jax.jit
-    def step(p, s, g):
-        traces.append(1)
-        u, s = tx.update(g, s, p)
-        return jopt.apply_updates(p, u), s
+    step, traces = counting_step(tx)
 
     for _ in range(3):
         p, state = step(p, state, g)
