@@ -210,3 +210,87 @@ def run(name, dtype, layout, drop=None):
         _hash(hs, s_pairs)
     return {"updates": u_pairs, "state": s_pairs, "u_digest": hu.hexdigest()[:16],
             "s_digest": hs.hexdigest()[:16]}
+
+
+# Transformations fed the loss, the early-stopping state machine and the schedules.
+VALUES = [1.0, 2.0, 3.0, 0.5, 0.7, 0.7, 0.8, 0.2, float("nan"), 0.1, 0.3, 0.3, 0.3, 0.05,
+          0.04, 0.06, 0.07, 0.08, 0.01, 0.02]
+
+
+def run_plateau(dtype, restore_best):
+    tx = jopt.chain(jopt.adam(0.05), jopt.reduce_on_plateau(
+        factor=0.5, patience=1, cooldown=1, min_scale=0.1, restore_best=restore_best,
+        accumulation_size=2, min_delta=0.01))
+    params = _params(dtype)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s, g, v):
+        u, s = tx.update(g, s, p, value=v)
+        return jopt.apply_updates(p, u), s, u
+
+    hu, hs = hashlib.sha256(), hashlib.sha256()
+    for i, v in enumerate(VALUES):
+        params, state, updates = step(params, state, _grads(params, i), jnp.float32(v))
+        u_pairs, s_pairs = leaves_by_path(updates), leaves_by_path(state)
+        _hash(hu, u_pairs)
+        _hash(hs, s_pairs)
+    return {"updates": u_pairs, "state": s_pairs, "u_digest": hu.hexdigest()[:16],
+            "s_digest": hs.hexdigest()[:16]}
+
+
+def run_early_stopping(mode):
+    es = jopt.early_stopping(mode=mode, min_delta=0.05, min_delta_mode="rel", patience=3,
+                             start_step=1, keep_best=True, divergence_threshold=100.0
+                             if mode == "min" else -100.0)
+    params = _params("float32")
+    state = es.init(params)
+    update = jax.jit(es.update)
+    h = hashlib.sha256()
+    for i, v in enumerate(VALUES):
+        params = jax.tree_util.tree_map(lambda p, i=i: p + i, params)
+        state = update(state, jnp.float32(v if mode == "min" else -v), params)
+        pairs = leaves_by_path(state)
+        _hash(h, pairs)
+    return {"updates": [], "state": pairs, "u_digest": "", "s_digest": h.hexdigest()[:16]}
+
+
+SCHEDULES = [
+    ("constant", lambda: jopt.constant(0.3)),
+    ("linear", lambda: jopt.linear(1.0, 0.1, 100, transition_begin=7)),
+    ("cosine_decay", lambda: jopt.cosine_decay(0.5, 90, alpha=0.1, exponent=2.0)),
+    ("warmup_cosine_decay", lambda: jopt.warmup_cosine_decay(0.0, 1.0, 13, 170, end_value=0.01)),
+    ("exponential_decay", lambda: jopt.exponential_decay(1.0, 41, 0.5, transition_begin=5,
+                                                         staircase=True, end_value=0.01)),
+    ("exponential_decay_smooth", lambda: jopt.exponential_decay(2.0, 30, 0.9)),
+    ("piecewise_constant", lambda: jopt.piecewise_constant([10, 50, 120], [1.0, 0.5, 0.1, 0.01])),
+    ("join", lambda: jopt.join([jopt.linear(0.0, 1.0, 20), jopt.cosine_decay(1.0, 100)], [20])),
+]
+
+
+def run_schedule(name, jitted):
+    sched = dict(SCHEDULES)[name]()
+    counts = jnp.arange(0, 300, dtype=jnp.int32)
+    values = jax.jit(jax.vmap(sched))(counts) if jitted else jnp.stack(
+        [sched(c) for c in range(0, 300, 7)])
+    pairs = [("values", np.asarray(values))]
+    h = hashlib.sha256()
+    _hash(h, pairs)
+    return {"updates": [], "state": pairs, "u_digest": "", "s_digest": h.hexdigest()[:16]}
+
+
+def extra_runs():
+    """``{key: thunk}`` of the runs beyond the transformations (plateau, early stopping and
+    schedules)."""
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        for rb in (False, True):
+            out[f"reduce_on_plateau{'_restore' if rb else ''}|{dtype}|tree"] = (
+                lambda dtype=dtype, rb=rb: run_plateau(dtype, rb))
+    for mode in ("min", "max"):
+        out[f"early_stopping_{mode}|float32|-"] = lambda mode=mode: run_early_stopping(mode)
+    for name, _ in SCHEDULES:
+        for jitted in (False, True):
+            out[f"schedule_{name}|{'jit' if jitted else 'eager'}|-"] = (
+                lambda name=name, jitted=jitted: run_schedule(name, jitted))
+    return out

@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main():
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
+    commit = subprocess.run(["git", "log", "-1", "--format=%H", "--", "../jopt"], cwd=HERE, capture_output=True,
                             text=True).stdout.strip()
     out = {"commit": commit, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
            "steps": bc.STEPS, "runs": {}}
@@ -36,6 +36,12 @@ def main():
     for name, dtype, layout in bc.runs():
         k = bc.key(name, dtype, layout)
         r = bc.run(name, dtype, layout)
+        out["runs"][k] = [bc.signature(r["updates"]), bc.signature(r["state"]),
+                          r["u_digest"], r["s_digest"]]
+        arrays[k] = np.concatenate([bc.blob(r["updates"]), bc.blob(r["state"])])
+        print(k, out["runs"][k])
+    for k, thunk in bc.extra_runs().items():
+        r = thunk()
         out["runs"][k] = [bc.signature(r["updates"]), bc.signature(r["state"]),
                           r["u_digest"], r["s_digest"]]
         arrays[k] = np.concatenate([bc.blob(r["updates"]), bc.blob(r["state"])])
