@@ -1,30 +1,34 @@
 """jopt: functional optimizers for JAX.
 
 Pure ``(init, update)`` gradient transformations composed with :func:`chain`, whose numeric
-hyperparameters live in the optimizer state as arrays (see DESIGN.md). Every public name is
-re-exported here.
+hyperparameters live in the optimizer state as arrays (the design contract is
+``docs/design.md`` in the repository; ``CONTRIBUTING.md`` explains how a transformation is
+declared). Every public name is re-exported here; namespaces: :mod:`jopt.schedules`,
+:mod:`jopt.errors`, :mod:`jopt.contrib`, :mod:`jopt.experimental` and :mod:`jopt.cli`.
 """
 
+from jopt import contrib as contrib
 from jopt import errors as errors
+from jopt import experimental as experimental
 from jopt import schedules as schedules
-from jopt._adam8bit import ScaleByAdam8bitState as ScaleByAdam8bitState
-from jopt._adam8bit import adam_8bit as adam_8bit
-from jopt._adam8bit import adamw_8bit as adamw_8bit
-from jopt._adam8bit import scale_by_adam_8bit as scale_by_adam_8bit
 from jopt._aliases import adam as adam
+from jopt._aliases import adam_8bit as adam_8bit
 from jopt._aliases import adamw as adamw
+from jopt._aliases import adamw_8bit as adamw_8bit
 from jopt._aliases import sgd as sgd
 from jopt._base import EmptyState as EmptyState
 from jopt._base import GradientTransformation as GradientTransformation
-from jopt._base import identity as identity
-from jopt._base import safe_increment as safe_increment
+from jopt._base import apply_updates as apply_updates
 from jopt._chain import chain as chain
+from jopt._chain import declare_kind as declare_kind
 from jopt._chain import named_chain as named_chain
 from jopt._chain import to_optax as to_optax
 from jopt._clip import ClipByGlobalNormState as ClipByGlobalNormState
 from jopt._clip import ClipState as ClipState
 from jopt._clip import clip as clip
 from jopt._clip import clip_by_global_norm as clip_by_global_norm
+from jopt._codecs import Blockwise8bit as Blockwise8bit
+from jopt._codecs import StochasticRounding as StochasticRounding
 from jopt._early_stopping import EarlyStopping as EarlyStopping
 from jopt._early_stopping import EarlyStoppingState as EarlyStoppingState
 from jopt._early_stopping import Status as Status
@@ -32,14 +36,17 @@ from jopt._early_stopping import best_params as best_params
 from jopt._early_stopping import early_stopping as early_stopping
 from jopt._early_stopping import should_stop as should_stop
 from jopt._early_stopping import stop_reason as stop_reason
+from jopt._flatten import FlattenState as FlattenState
+from jopt._flatten import flatten as flatten
+from jopt._hyperparams import Hyperparams as Hyperparams
 from jopt._hyperparams import get_hyperparams as get_hyperparams
 from jopt._hyperparams import set_hyperparams as set_hyperparams
-from jopt._packed import FlattenState as FlattenState
-from jopt._packed import Layout as Layout
-from jopt._packed import Packed as Packed
-from jopt._packed import flatten as flatten
-from jopt._packed import pack as pack
-from jopt._packed import unpack as unpack
+from jopt._inject import InjectHyperparamsState as InjectHyperparamsState
+from jopt._inject import inject_hyperparams as inject_hyperparams
+from jopt._layout import Layout as Layout
+from jopt._layout import Packed as Packed
+from jopt._layout import pack as pack
+from jopt._layout import unpack as unpack
 from jopt._quantize import QuantizedArray as QuantizedArray
 from jopt._quantize import dequantize_blockwise as dequantize_blockwise
 from jopt._quantize import dynamic_map as dynamic_map
@@ -49,37 +56,41 @@ from jopt._reduce_on_plateau import gate_stopped as gate_stopped
 from jopt._reduce_on_plateau import population_status as population_status
 from jopt._reduce_on_plateau import reduce_on_plateau as reduce_on_plateau
 from jopt._rounding import stochastic_round as stochastic_round
+from jopt._scale import ScaleByAdam8bitState as ScaleByAdam8bitState
 from jopt._scale import ScaleByAdamState as ScaleByAdamState
 from jopt._scale import ScaleByLearningRateState as ScaleByLearningRateState
 from jopt._scale import ScaleState as ScaleState
 from jopt._scale import TraceState as TraceState
+from jopt._scale import identity as identity
 from jopt._scale import scale as scale
 from jopt._scale import scale_by_adam as scale_by_adam
+from jopt._scale import scale_by_adam_8bit as scale_by_adam_8bit
 from jopt._scale import scale_by_learning_rate as scale_by_learning_rate
 from jopt._scale import trace as trace
-from jopt._schedules import Schedule as Schedule
-from jopt._schedules import constant as constant
-from jopt._schedules import constant_schedule as constant_schedule
-from jopt._schedules import cosine_decay as cosine_decay
-from jopt._schedules import cosine_decay_schedule as cosine_decay_schedule
-from jopt._schedules import exponential_decay as exponential_decay
-from jopt._schedules import join as join
-from jopt._schedules import join_schedules as join_schedules
-from jopt._schedules import linear as linear
-from jopt._schedules import linear_schedule as linear_schedule
-from jopt._schedules import make_schedule as make_schedule
-from jopt._schedules import piecewise_constant as piecewise_constant
-from jopt._schedules import piecewise_constant_schedule as piecewise_constant_schedule
-from jopt._schedules import warmup_cosine_decay as warmup_cosine_decay
-from jopt._schedules import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
-from jopt._tree import apply_updates as apply_updates
+from jopt._tree import safe_increment as safe_increment
 from jopt._weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
 from jopt._weight_decay import add_decayed_weights as add_decayed_weights
+from jopt.schedules import Schedule as Schedule
+from jopt.schedules import constant as constant
+from jopt.schedules import constant_schedule as constant_schedule
+from jopt.schedules import cosine_decay as cosine_decay
+from jopt.schedules import cosine_decay_schedule as cosine_decay_schedule
+from jopt.schedules import exponential_decay as exponential_decay
+from jopt.schedules import join as join
+from jopt.schedules import join_schedules as join_schedules
+from jopt.schedules import linear as linear
+from jopt.schedules import linear_schedule as linear_schedule
+from jopt.schedules import make_schedule as make_schedule
+from jopt.schedules import piecewise_constant as piecewise_constant
+from jopt.schedules import piecewise_constant_schedule as piecewise_constant_schedule
+from jopt.schedules import warmup_cosine_decay as warmup_cosine_decay
+from jopt.schedules import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AddDecayedWeightsState",
+    "Blockwise8bit",
     "ClipByGlobalNormState",
     "ClipState",
     "EarlyStopping",
@@ -87,6 +98,8 @@ __all__ = [
     "EmptyState",
     "FlattenState",
     "GradientTransformation",
+    "Hyperparams",
+    "InjectHyperparamsState",
     "Layout",
     "Packed",
     "QuantizedArray",
@@ -97,6 +110,7 @@ __all__ = [
     "ScaleState",
     "Schedule",
     "Status",
+    "StochasticRounding",
     "TraceState",
     "adam",
     "adam_8bit",
@@ -110,17 +124,21 @@ __all__ = [
     "clip_by_global_norm",
     "constant",
     "constant_schedule",
+    "contrib",
     "cosine_decay",
     "cosine_decay_schedule",
+    "declare_kind",
     "dequantize_blockwise",
     "dynamic_map",
     "early_stopping",
     "errors",
+    "experimental",
     "exponential_decay",
     "flatten",
     "gate_stopped",
     "get_hyperparams",
     "identity",
+    "inject_hyperparams",
     "join",
     "join_schedules",
     "linear",

@@ -20,9 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jopt import _plateau
-from jopt._tree import check_match, place_like
+from jopt._checks import check_match
+from jopt._config import config_key, format_value
+from jopt._tree import place_like
 from jopt._validate import check_dtype_option
-from jopt.errors import InvalidHyperparameterError, TreeMismatchError
+from jopt.errors import HostOnlyError, InvalidHyperparameterError, TreeMismatchError
 
 
 class Status(enum.IntEnum):
@@ -102,6 +104,11 @@ class EarlyStoppingState(NamedTuple):
         return is_stopped(self.status)
 
 
+# The declarations travel with the state type (set_hyperparams validates against them).
+EarlyStoppingState._jopt_hyperparams = {k: v for k, v in _plateau.HYPERPARAMS.items()
+                                        if k != "cooldown"}
+EarlyStoppingState._jopt_count = "step"
+
 _FIELDS = ("step", "best_value", "best_step", "wait", "cooldown_count")
 
 
@@ -116,11 +123,17 @@ class EarlyStopping:
         self._config = config
         for k, v in config.items():
             setattr(self, k, v)
+        # Equality compares the values the state stores (1e-3 and np.float32(1e-3) agree).
+        stored = _plateau.hyperparams(
+            self.mode, min_delta=self.min_delta, patience=self.patience,
+            start_step=self.start_step, baseline=self.baseline,
+            stopping_threshold=self.stopping_threshold,
+            divergence_threshold=self.divergence_threshold)
+        static = {k: v for k, v in config.items() if k not in stored}
+        self._stored_key = (config_key(stored), config_key(static))
 
     def _key(self):
-        from jopt._base import _config_key
-
-        return _config_key(self._config)
+        return self._stored_key
 
     def __eq__(self, other):
         return isinstance(other, EarlyStopping) and self._key() == other._key()
@@ -129,9 +142,7 @@ class EarlyStopping:
         return hash(self._key())
 
     def __repr__(self):
-        from jopt._base import _format_value
-
-        args = ", ".join(f"{k}={_format_value(v)}" for k, v in self._config.items())
+        args = ", ".join(f"{k}={format_value(v)}" for k, v in self._config.items())
         return f"early_stopping({args})"
 
     def init(self, params: Any = None) -> EarlyStoppingState:
@@ -209,7 +220,8 @@ class EarlyStopping:
                         expected_name="the parameters init saw", got_name="params")
 
         fields = {k: getattr(state, k) for k in _FIELDS}
-        hp = {**state.hyperparams, "cooldown": jnp.zeros([], jnp.int32)}
+        hp = {**_plateau.current_hyperparams(state.hyperparams, state.step),
+              "cooldown": jnp.zeros([], jnp.int32)}
         new, f = _plateau.decide(self.mode, self.min_delta_mode, self.check_finite, hp, fields,
                                  metric, self.axis_name)
         # Precedence: non-finite, goal, divergence, patience (Lightning's order).
@@ -345,7 +357,7 @@ def _status(fn: str, state: Any) -> np.ndarray:
             type(state).__name__,
         )
     if isinstance(state.status, jax.core.Tracer):
-        raise TreeMismatchError(
+        raise HostOnlyError(
             fn, "is a host-side helper and cannot run inside jit/vmap/scan", "",
             "a concrete state (inside compiled code use state.stopped)", "a traced state",
         )

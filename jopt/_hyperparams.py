@@ -1,9 +1,19 @@
 """Reading and changing hyperparameters through the optimizer state.
 
 Every jopt transformation with a numeric hyperparameter keeps it in its state, in a field
-named ``hyperparams`` (a dict from name to a float32 array or a schedule pytree). Transformations
-with a schedule also keep a ``count``. These helpers find those fields anywhere in a state tree
-(inside chains, named chains, tuples, dicts, and optax's ``inject_hyperparams`` states).
+named ``hyperparams`` (a dict from name to a float32 array or a schedule pytree), next to a
+``count``; its state type carries the hyperparameters' declarations. These helpers find those
+fields anywhere in a state tree: inside chains, named chains, tuples, dicts, ``jopt.flatten``,
+optax wrappers (``MultiSteps``, ``masked``, ...), flax ``nnx.Optimizer`` states (whose leaves
+are ``nnx.Variable`` s) and both libraries' ``inject_hyperparams`` states.
+
+Keys. Every hyperparameter has a canonical key, the path of its link in the state tree and
+its name (``"1/2/learning_rate"``, ``"clip/max_norm"`` in a named chain). ``get_hyperparams``
+lists each under its short name when that is unique in the state, else under its canonical
+key, and accepts either (or any unambiguous end of the canonical key) when indexed; so does
+``set_hyperparams``. A short name that matches several entries raises
+:class:`jopt.errors.AmbiguousKeyError` listing them: adding a link never silently changes
+which value a key reads or sets.
 """
 
 from __future__ import annotations
@@ -15,92 +25,232 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt._schedules import CallableSchedule, OneMinus, Schedule, evaluate
-from jopt._validate import check_real
-from jopt.errors import InvalidHyperparameterError
+from jopt import _tree
+from jopt._hyper import Hyper, value_now
+from jopt.errors import (
+    AmbiguousKeyError,
+    InvalidHyperparameterError,
+    TreeMismatchError,
+)
+from jopt.schedules._core import OneMinus, Schedule
 
-# Allowed ranges for well-known names, checked when a concrete value is set.
-_RANGES: dict[str, dict[str, Any]] = {
-    "learning_rate": {"lo": 0},
-    "b1": {"lo": 0, "hi": 1, "hi_open": True},
-    "b2": {"lo": 0, "hi": 1, "hi_open": True},
-    "eps": {"lo": 0},
-    "eps_root": {"lo": 0},
-    "weight_decay": {"lo": 0},
-    "max_norm": {"lo": 0},
-    "max_delta": {"lo": 0},
-    "decay": {"lo": 0, "hi": 1},
-    "min_delta": {"lo": 0},
-    "patience": {"lo": 0, "integer": True},
-    "cooldown": {"lo": 0, "integer": True},
-    "start_step": {"lo": 0, "integer": True},
-    "accumulation_size": {"lo": 1, "integer": True},
-    "factor": {"lo": 0, "hi": 1, "lo_open": True, "hi_open": True},
-    "min_scale": {"lo": 0, "hi": 1},
-}
-
-# Options for which +-inf means "none" (baseline and thresholds of the plateau core).
-_UNBOUNDED = {"baseline", "stopping_threshold", "divergence_threshold"}
+_PLAIN = Hyper()
 
 
-def _is_infinite(value: Any) -> bool:
-    if isinstance(value, jax.core.Tracer) or isinstance(value, (bool, np.bool_)):
-        return False
-    try:
-        return bool(np.ndim(value) == 0 and np.isinf(float(np.asarray(value))))
-    except (TypeError, ValueError):
-        return False
-
-
-# Hyperparameters whose transformations evaluate a schedule at the step counter.
-_SCHEDULABLE = {"learning_rate", "weight_decay"}
-
-
-def _is_holder(x: Any) -> bool:
-    return isinstance(x, tuple) and hasattr(x, "_fields") and "hyperparams" in x._fields
-
-
-def _key_name(k: Any) -> str:
+def _segment(k: Any) -> str:
     for attr in ("key", "idx", "name"):
         if hasattr(k, attr):
             return str(getattr(k, attr))
     return str(k)
 
 
-def _holders(state: Any) -> list[tuple[tuple[str, ...], Any]]:
-    leaves, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_holder)
-    return [(tuple(_key_name(k) for k in path), leaf) for path, leaf in leaves if _is_holder(leaf)]
+def _is_jopt_holder(x: Any) -> bool:
+    return hasattr(type(x), "_jopt_hyperparams") and hasattr(x, "hyperparams")
 
 
-def _entries(state: Any) -> list[tuple[str, tuple[str, ...], str, Any]]:
-    """(public key, holder path, name, holder) for every hyperparameter in the state."""
-    raw = []
-    for path, holder in _holders(state):
-        hp = holder.hyperparams
-        if not isinstance(hp, Mapping):
-            continue
-        for name in hp:
-            raw.append((path, name, holder))
+def _is_inject(x: Any) -> bool:
+    return bool(getattr(type(x), "_jopt_inject", False))
+
+
+def _is_foreign_holder(x: Any) -> bool:
+    """A state of another library that holds hyperparameters by name (optax's
+    ``inject_hyperparams`` states: NamedTuples with a ``hyperparams`` dict)."""
+    return (isinstance(x, tuple) and "hyperparams" in getattr(x, "_fields", ())
+            and isinstance(getattr(x, "hyperparams", None), Mapping) and not _is_jopt_holder(x))
+
+
+def _is_holder(x: Any) -> bool:
+    return _is_jopt_holder(x) or _is_inject(x) or _is_foreign_holder(x)
+
+
+def _looks_restored(x: Any) -> bool:
+    """A jopt state that lost its types (restored from a checkpoint without a target):
+    plain dicts where the state had named tuples."""
+    return (isinstance(x, dict) and isinstance(x.get("hyperparams"), Mapping)
+            and any(k in x for k in ("count", "step", "inner_state")))
+
+
+class _Entry:
+    """One hyperparameter found in a state."""
+
+    def __init__(self, path: tuple[str, ...], name: str, holder: Any, kind: str,
+                 target: tuple[str, ...] | None = None):
+        self.path = path
+        self.name = name
+        self.holder = holder
+        self.kind = kind  # "jopt", "inject" (jopt's inject wrapper), "optax"
+        self.target = target  # for "inject": the canonical key of the inner entry
+
+    @property
+    def canonical(self) -> str:
+        return "/".join(self.path + (self.name,))
+
+
+def _find(state: Any, function: str) -> list[_Entry]:
+    """Every hyperparameter of ``state`` (variables already unwrapped), shadowed inner
+    entries of inject wrappers left out."""
+    entries: list[_Entry] = []
+    _collect(state, (), entries, function, shadow=frozenset())
+    return entries
+
+
+def _collect(tree: Any, prefix: tuple[str, ...], out: list[_Entry], function: str,
+             shadow: frozenset) -> None:
+    found, _ = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: _is_holder(x) or _looks_restored(x))
+    for path, node in found:
+        segs = prefix + tuple(_segment(k) for k in path)
+        if _looks_restored(node):
+            raise TreeMismatchError(
+                function, "the state holds hyperparameters in plain containers (a checkpoint "
+                "restored without its structure?)", jax.tree_util.keystr(path),
+                "the state type tx.init builds: restore with a target, e.g. orbax's "
+                "restore(path, args=StandardRestore(jax.eval_shape(tx.init, params)))",
+                f"a {type(node).__name__} with keys {sorted(node)}")
+        if _is_inject(node):
+            names = frozenset(node.hyperparams)
+            for name in node.hyperparams:
+                out.append(_Entry(segs, name, node, "inject", target=dict(node.targets)[name]))
+            _collect(node.inner_state, segs + ("inner_state",), out, function, shadow | names)
+        elif _is_jopt_holder(node):
+            for name in node.hyperparams:
+                if name in shadow or node.hyperparams[name] is None:
+                    continue
+                out.append(_Entry(segs, name, node, "jopt"))
+        elif _is_foreign_holder(node):
+            scheduled = set(getattr(node, "hyperparams_states", None) or {})
+            for name in node.hyperparams:
+                # optax keeps a scheduled value's schedule in a closure; the state holds the
+                # value of the last update, not the next: not reported (see get_hyperparams).
+                if name in shadow or name in scheduled:
+                    continue
+                out.append(_Entry(segs, name, node, "optax"))
+            inner = getattr(node, "inner_state", None)
+            if inner is not None:
+                _collect(inner, segs + ("inner_state",), out, function,
+                         shadow | frozenset(node.hyperparams))
+
+
+def _display_keys(entries: list[_Entry]) -> list[str]:
     counts: dict[str, int] = {}
-    for _, name, _ in raw:
-        counts[name] = counts.get(name, 0) + 1
-    out = []
-    for path, name, holder in raw:
-        key = name if counts[name] == 1 else "/".join(path + (name,))
-        out.append((key, path, name, holder))
-    return out
+    for e in entries:
+        counts[e.name] = counts.get(e.name, 0) + 1
+    return [e.name if counts[e.name] == 1 else e.canonical for e in entries]
 
 
-def get_hyperparams(state: Any) -> dict[str, jax.Array]:
-    """The current hyperparameter values held in an optimizer state, by name.
+def _resolve(function: str, key: Any, entries: list[_Entry], display: list[str]) -> int:
+    """The index of the entry ``key`` names: a listed key, a canonical key, or an
+    unambiguous end of canonical keys (``"2/learning_rate"``, ``"learning_rate"``)."""
+    if not isinstance(key, str):
+        raise InvalidHyperparameterError(function, "key", key, "a string")
+    if key in display:
+        return display.index(key)
+    canon = [e.canonical for e in entries]
+    if key in canon:
+        return canon.index(key)
+    matches = [i for i, c in enumerate(canon) if c.endswith("/" + key)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise AmbiguousKeyError(function, key, [canon[i] for i in matches])
+    raise InvalidHyperparameterError(
+        function, "key", key, f"one of {sorted(display) or '(none in this state)'}")
+
+
+class Hyperparams(dict):
+    """The hyperparameters of a state, as returned by :func:`jopt.get_hyperparams`.
+
+    A ``dict`` (and a pytree, so it can be returned from ``jit``) keyed by short names where
+    they are unique and canonical keys (link paths) where not. Indexing also accepts the
+    canonical key of any entry and any unambiguous end of it; an ambiguous short name raises
+    :class:`jopt.errors.AmbiguousKeyError` listing the candidates.
+    """
+
+    def __init__(self, items=(), canonical: Mapping[str, str] | None = None):
+        super().__init__(items)
+        self._canonical = dict(canonical or {})
+
+    def canonical(self) -> dict[str, Any]:
+        """The same values keyed by their canonical keys (the full link paths)."""
+        return {self._canonical.get(k, k): v for k, v in self.items()}
+
+    def __getitem__(self, key):
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        inverse = {c: k for k, c in self._canonical.items()}
+        if key in inverse:
+            return dict.__getitem__(self, inverse[key])
+        if isinstance(key, str):
+            matches = [k for k, c in self._canonical.items() if c.endswith("/" + key)]
+            if len(matches) == 1:
+                return dict.__getitem__(self, matches[0])
+            if len(matches) > 1:
+                raise AmbiguousKeyError("get_hyperparams", key,
+                                        [self._canonical[k] for k in matches])
+        raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+def _flatten_hp(h: Hyperparams):
+    keys = tuple(h.keys())
+    return tuple((jax.tree_util.DictKey(k), h[k]) for k in keys), (keys, tuple(
+        h._canonical.get(k, k) for k in keys))
+
+
+def _unflatten_hp(aux, values):
+    keys, canon = aux
+    return Hyperparams(zip(keys, values), dict(zip(keys, canon)))
+
+
+jax.tree_util.register_pytree_with_keys(
+    Hyperparams, _flatten_hp, _unflatten_hp,
+    flatten_func=lambda h: (tuple(h.values()), (tuple(h.keys()), tuple(
+        h._canonical.get(k, k) for k in h.keys()))))
+
+
+def _count(holder: Any) -> Any:
+    field = getattr(type(holder), "_jopt_count", "count")
+    return getattr(holder, field, None)
+
+
+def _value(entry: _Entry) -> jax.Array:
+    hp = entry.holder.hyperparams[entry.name]
+    if entry.kind == "jopt":
+        return value_now(hp, _count(entry.holder))
+    return jnp.asarray(hp)
+
+
+def get_hyperparams(state: Any) -> Hyperparams:
+    """The current hyperparameter values held in an optimizer state.
 
     Scheduled values are evaluated at the state's step counter, so
     ``get_hyperparams(state)["learning_rate"]`` is the learning rate the *next* ``update``
-    will use. A name that occurs in one link only is returned as is (``"learning_rate"``); a
-    name that occurs in several links is qualified by the link's position in the state tree
-    (``"0/max_norm"``, or ``"clip/max_norm"`` in a :func:`named_chain`).
+    will use. A name that occurs in one link only is listed as is (``"learning_rate"``); a
+    name that occurs in several links is listed under its canonical key, the link's path in
+    the state tree (``"0/max_norm"``, or ``"clip/max_norm"`` in a :func:`named_chain`).
+    Indexing accepts a listed key, a canonical key, or an unambiguous end of one
+    (``"2/learning_rate"``); an ambiguous short name raises
+    :class:`jopt.errors.AmbiguousKeyError` naming the candidates. ``.canonical()`` gives every
+    value under its canonical key, which adding links elsewhere never changes.
 
-    Works under ``jit`` and ``vmap`` (values of a population come back batched).
+    Works under ``jit`` and ``vmap`` (values of a population come back batched), through
+    flax ``nnx.Optimizer`` states (``opt.opt_state``), optax wrappers and both libraries'
+    ``inject_hyperparams`` states. From optax's ``inject_hyperparams`` states it reports the
+    numeric hyperparameters; those optax schedules are left out (optax keeps the schedule in a
+    closure and the state only the value of the last update, a step behind:
+    ``jopt.inject_hyperparams`` reports them).
 
     Examples:
       >>> import jax.numpy as jnp, jopt
@@ -112,42 +262,43 @@ def get_hyperparams(state: Any) -> dict[str, jax.Array]:
       >>> _, state = tx.update({"w": jnp.ones(3)}, state, {"w": jnp.zeros(3)})
       >>> round(float(jopt.get_hyperparams(state)["learning_rate"]), 6)
       0.0001
+      >>> list(jopt.get_hyperparams(state).canonical())[-1]
+      '2/learning_rate'
 
     Args:
-      state: an optimizer state (any jopt state, possibly nested in chains, tuples or dicts).
+      state: an optimizer state (any jopt state, possibly nested in chains, tuples, dicts or
+        the wrappers above).
 
     Returns:
-      A dict from name to a scalar array (float32 unless given wider); empty if the state
-      holds no hyperparameters.
+      A :class:`Hyperparams` dict from key to a scalar array (float32 unless given wider,
+      int32 for counts such as ``patience``); empty if the state holds no hyperparameters.
+
+    Raises:
+      TreeMismatchError: for a state whose jopt types were lost (a checkpoint restored
+        without a target: plain dicts and lists where jopt had its state types).
     """
-    result = {}
-    for key, _, name, holder in _entries(state):
-        value = holder.hyperparams[name]
-        if isinstance(value, Schedule):
-            count = getattr(holder, "count", None)
-            if count is None:
-                count = jnp.zeros([], jnp.int32)
-            # A state batched by vmap (a population) has a batched counter: evaluate each
-            # member's schedule at its own count (schedules are written for one member).
-            fn = evaluate
-            for _ in range(jnp.ndim(count)):
-                fn = jax.vmap(fn)
-            value = fn(value, count)
-        result[key] = jnp.asarray(value)
-    return result
+    entries = _find(_tree.unwrap_variables(state), "get_hyperparams")
+    display = _display_keys(entries)
+    return Hyperparams(((k, _value(e)) for k, e in zip(display, entries)),
+                       {k: e.canonical for k, e in zip(display, entries)})
 
 
 def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
     """Returns a copy of ``state`` with some hyperparameters replaced.
 
-    Keys are those of :func:`get_hyperparams`. A number replaces a number in place (same dtype
-    and shape rules, so a jitted step does not recompile); a number given for a scheduled
-    value replaces the schedule by a constant (this changes the state's tree structure and so
-    retraces a jitted step once); a schedule replaces either.
+    Keys are those :func:`get_hyperparams` accepts (a listed key, a canonical key, or an
+    unambiguous end of one). A number replaces a number in place, in the stored dtype and
+    shape and on the stored devices, so a jitted step does not recompile; a number given for
+    a scheduled value replaces the schedule by a constant (this changes the state's tree
+    structure and so retraces a jitted step once); a schedule (a jopt schedule or any callable
+    of the step) may replace any numeric hyperparameter.
 
     Setting inside ``jax.vmap`` with a batched value builds a population of optimizers::
 
         states = jax.vmap(lambda lr: jopt.set_hyperparams(state, learning_rate=lr))(lrs)
+
+    flax ``nnx.Optimizer`` states keep their variables: ``opt.opt_state =
+    jopt.set_hyperparams(opt.opt_state, learning_rate=1e-4)``.
 
     Args:
       state: an optimizer state.
@@ -158,91 +309,119 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
       The new state (the input is not modified).
 
     Raises:
-      InvalidHyperparameterError: for an unknown key (the message lists the known ones) or a
-        concrete value outside the allowed range of a well-known name (``learning_rate >= 0``,
-        ``b1`` and ``b2`` in [0, 1), ...).
+      InvalidHyperparameterError: for an unknown key (the message lists the known ones), or a
+        concrete value outside the range the owning transformation declares
+        (``learning_rate >= 0``, ``b1`` and ``b2`` in [0, 1), ...), or a schedule for a value
+        that optax's ``inject_hyperparams`` holds (it accepts numbers only).
+      AmbiguousKeyError: for a short name that names several entries (the message lists
+        their canonical keys).
+      TreeMismatchError: for a state whose jopt types were lost (see :func:`get_hyperparams`).
     """
+    function = "set_hyperparams"
     updates = dict(values or {})
     updates.update(kwargs)
-    entries = _entries(state)
-    by_key = {key: (path, name) for key, path, name, _ in entries}
-    for key in updates:
-        if key not in by_key:
-            raise InvalidHyperparameterError(
-                "set_hyperparams", "key", key, f"one of {sorted(by_key) or '(none in this state)'}"
-            )
-    per_holder: dict[tuple[str, ...], dict[str, Any]] = {}
-    holders = {path: holder for _, path, _, holder in entries}
+    pure = _tree.unwrap_variables(state)
+    entries = _find(pure, function)
+    display = _display_keys(entries)
+    # canonical key -> new stored value
+    changes: dict[str, Any] = {}
+    chosen: dict[str, str] = {}
     for key, new in updates.items():
-        path, name = by_key[key]
-        old = holders[path].hyperparams[name]
-        if isinstance(new, Schedule) or callable(new):
-            schedulable = name in _SCHEDULABLE or (
-                isinstance(old, Schedule) and not isinstance(old, OneMinus))
-            if not schedulable or not hasattr(holders[path], "count"):
-                raise InvalidHyperparameterError(
-                    "set_hyperparams", key, new,
-                    "a number (this hyperparameter cannot follow a schedule)",
-                )
-        elif name in _UNBOUNDED and _is_infinite(new):
-            pass  # +-inf switches a baseline or threshold off
+        e = entries[_resolve(function, key, entries, display)]
+        if e.canonical in chosen:
+            raise InvalidHyperparameterError(
+                function, "key", key, f"given once (it names {e.canonical!r}, like "
+                f"{chosen[e.canonical]!r})")
+        chosen[e.canonical] = key
+        if e.kind == "optax":
+            changes[e.canonical] = _optax_value(function, key, e, new)
+        elif e.kind == "inject":
+            inner = _inner_entry(pure, e)
+            stored = _store(function, key, inner, new)
+            changes["/".join(inner.path + (inner.name,))] = stored
+            changes[e.canonical] = value_now(stored, _count(inner.holder)).astype(
+                jnp.asarray(e.holder.hyperparams[e.name]).dtype)
         else:
-            check_real("set_hyperparams", key, new, **_RANGES.get(name, {}))
-            old_shape = np.shape(old.complement if isinstance(old, OneMinus) else old)
-            if (not isinstance(new, jax.core.Tracer) and np.ndim(new) != 0
-                    and np.shape(new) != old_shape):
-                raise InvalidHyperparameterError(
-                    "set_hyperparams", key, new,
-                    f"a scalar or an array of the stored shape {old_shape} (for a population, "
-                    f"call set_hyperparams inside jax.vmap)",
-                )
-        per_holder.setdefault(path, {})[name] = new
+            changes[e.canonical] = _store(function, key, e, new)
+    new_state = _replace(pure, changes)
+    if _tree.has_variables(state):
+        new_state = _tree.rewrap_variables(state, new_state)
+    return new_state
 
-    def replace(path, node):
+
+def _inner_entry(pure: Any, e: _Entry) -> _Entry:
+    """The entry of a jopt inject wrapper's inner state that a wrapper value sets."""
+    inner: list[_Entry] = []
+    _collect(e.holder.inner_state, e.path + ("inner_state",), inner, "set_hyperparams",
+             frozenset())
+    for x in inner:
+        if x.canonical == "/".join(e.path + ("inner_state",)) + "/" + e.target:
+            return x
+    raise TreeMismatchError("set_hyperparams", "the inject state's inner state has no entry",
+                            "", e.target, "none")  # pragma: no cover - built by inject
+
+
+def _store(function: str, key: str, e: _Entry, new: Any) -> Any:
+    holder = e.holder
+    old = holder.hyperparams[e.name]
+    decl = type(holder)._jopt_hyperparams.get(e.name, _PLAIN)
+    is_schedule = isinstance(new, Schedule) or (callable(new) and not isinstance(
+        new, (jax.Array, np.ndarray)))
+    if not is_schedule and new is not None:
+        old_shape = np.shape(old.complement if isinstance(old, OneMinus) else old) if not (
+            isinstance(old, Schedule) and not isinstance(old, OneMinus)) else ()
+        decl.check(function, key, new)
+        if (not isinstance(new, jax.core.Tracer) and np.ndim(new) != 0
+                and np.shape(new) != old_shape):
+            raise InvalidHyperparameterError(
+                function, key, new,
+                f"a scalar or an array of the stored shape {old_shape} (for a population, "
+                f"call set_hyperparams inside jax.vmap)")
+    like = old if not (isinstance(old, Schedule) and not isinstance(old, OneMinus)) else None
+    stored = decl.store(function, key, new, like=like)
+    return _tree.place_as(stored, old)
+
+
+def _optax_value(function: str, key: str, e: _Entry, new: Any) -> Any:
+    old = e.holder.hyperparams[e.name]
+    if isinstance(new, Schedule) or (callable(new) and not isinstance(
+            new, (jax.Array, np.ndarray))):
+        raise InvalidHyperparameterError(
+            function, key, new,
+            "a number: optax's inject_hyperparams state holds numbers only (its schedules "
+            "live in a closure); build the transformation with the schedule, or use "
+            "jopt.inject_hyperparams, whose states take schedules")
+    _PLAIN.check(function, key, new)
+    arr = jnp.asarray(old)
+    value = jnp.broadcast_to(jnp.asarray(new).astype(arr.dtype), arr.shape)
+    return _tree.place_as(value, old)
+
+
+def _replace(state: Any, changes: dict[str, Any]) -> Any:
+    """``state`` with the entries named by canonical keys replaced by stored values."""
+    if not changes:
+        return state
+    by_holder: dict[tuple[str, ...], dict[str, Any]] = {}
+    for canonical, value in changes.items():
+        *path, name = canonical.split("/")
+        by_holder.setdefault(tuple(path), {})[name] = value
+    return _replace_in(state, (), by_holder)
+
+
+def _replace_in(tree: Any, prefix: tuple[str, ...], by_holder: dict) -> Any:
+    def visit(path, node):
         if not _is_holder(node):
             return node
-        p = tuple(_key_name(k) for k in path)
-        if p not in per_holder:
-            return node
-        hp = dict(node.hyperparams)
-        for name, new in per_holder[p].items():
-            old = hp[name]
-            if isinstance(old, OneMinus) and not isinstance(new, Schedule) and not callable(new):
-                one_minus = OneMinus.of(new)
-                hp[name] = jax.tree_util.tree_map(
-                    lambda c, ref: jnp.broadcast_to(c, jnp.shape(ref)), one_minus, old)
-            elif isinstance(new, Schedule):
-                hp[name] = new
-            elif callable(new):
-                hp[name] = CallableSchedule(new)
-            elif isinstance(old, Schedule):
-                hp[name] = jnp.asarray(new, dtype=jnp.float32)
-            else:
-                # Same dtype and shape as the stored value (a scalar set on a batched
-                # population state applies to every member).
-                dtype = getattr(old, "dtype", np.float32)
-                hp[name] = jnp.broadcast_to(jnp.asarray(new).astype(dtype), jnp.shape(old))
-        for name in per_holder[p]:
-            hp[name] = _place_as(hp[name], node.hyperparams[name])
-        return node._replace(hyperparams=hp)
-
-    return jax.tree_util.tree_map_with_path(replace, state, is_leaf=_is_holder)
-
-
-def _place_as(new: Any, old: Any) -> Any:
-    """Puts the leaves of a new value where the old value's leaves were (replicated on the same
-    mesh), so that a jitted step sees the same input shardings and does not recompile."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    ref = next((x for x in jax.tree_util.tree_leaves(old)
-                if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)), None)
-    if ref is None or not isinstance(ref.sharding, NamedSharding):
+        segs = prefix + tuple(_segment(k) for k in path)
+        new = node
+        if segs in by_holder:
+            hp = dict(node.hyperparams)
+            hp.update(by_holder[segs])
+            new = node._replace(hyperparams=hp)
+        inner = getattr(node, "inner_state", None)
+        if inner is not None:
+            new = new._replace(inner_state=_replace_in(inner, segs + ("inner_state",),
+                                                       by_holder))
         return new
-    target = NamedSharding(ref.sharding.mesh, PartitionSpec())
 
-    def put(x):
-        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
-            return jax.device_put(x, target)
-        return x
-
-    return jax.tree_util.tree_map(put, new)
+    return jax.tree_util.tree_map_with_path(visit, tree, is_leaf=_is_holder)

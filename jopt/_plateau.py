@@ -40,12 +40,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt._base import safe_increment
-from jopt._validate import as_state_scalar, check_real
+from jopt._hyper import Hyper, current, value_now
+from jopt._tree import safe_increment
 from jopt.errors import InvalidHyperparameterError, InvalidMetricError
 
 MODES = ("min", "max")
 DELTA_MODES = ("abs", "rel")
+
+# The tracker's numeric options, declared once for both users of the core (their state types
+# carry them, so set_hyperparams validates a new value against them).
+HYPERPARAMS = {
+    "min_delta": Hyper(">= 0"),
+    "patience": Hyper(">= 0", integer=True),
+    "cooldown": Hyper(">= 0", integer=True),
+    "start_step": Hyper(">= 0", integer=True),
+    # +-inf switches a baseline or threshold off.
+    "baseline": Hyper(off_at_infinity=True, optional=True),
+    "stopping_threshold": Hyper(off_at_infinity=True, optional=True),
+    "divergence_threshold": Hyper(off_at_infinity=True, optional=True),
+}
+# reduce_on_plateau's own options.
+EXTRA = {
+    "factor": Hyper("(0, 1)"),
+    "min_scale": Hyper("[0, 1]"),
+    "accumulation_size": Hyper(">= 1", integer=True),
+}
 
 
 def validate(name: str, *, mode, min_delta, min_delta_mode, patience, cooldown=0,
@@ -56,14 +75,14 @@ def validate(name: str, *, mode, min_delta, min_delta_mode, patience, cooldown=0
         raise InvalidHyperparameterError(name, "mode", mode, "'min' or 'max'")
     if min_delta_mode not in DELTA_MODES:
         raise InvalidHyperparameterError(name, "min_delta_mode", min_delta_mode, "'abs' or 'rel'")
-    check_real(name, "min_delta", min_delta, lo=0)
-    check_real(name, "patience", patience, lo=0, integer=True)
-    check_real(name, "cooldown", cooldown, lo=0, integer=True)
-    check_real(name, "start_step", start_step, lo=0, integer=True)
+    for key, value in (("min_delta", min_delta), ("patience", patience),
+                       ("cooldown", cooldown), ("start_step", start_step)):
+        HYPERPARAMS[key].check(name, key, value)
     for key, value in (("baseline", baseline), ("stopping_threshold", stopping_threshold),
                        ("divergence_threshold", divergence_threshold)):
         if value is not None:
-            check_real(name, key, value)
+            # Finite values at build time (None, not +-inf, means "none" there).
+            Hyper().check(name, key, value)
     if not isinstance(check_finite, (bool, np.bool_)):
         raise InvalidHyperparameterError(name, "check_finite", check_finite, "a bool")
     if stopping_threshold is not None and divergence_threshold is not None:
@@ -78,20 +97,22 @@ def validate(name: str, *, mode, min_delta, min_delta_mode, patience, cooldown=0
 
 def hyperparams(mode: str, *, min_delta, patience, cooldown=0, start_step=0, baseline=None,
                 stopping_threshold=None, divergence_threshold=None) -> dict[str, jax.Array]:
-    """The tracker's numeric options as state arrays (``None`` thresholds become +-inf)."""
+    """The tracker's numeric options as state arrays (``None`` thresholds become +-inf); any
+    of them may be a schedule of the tracker's step."""
     worst = np.inf if mode == "min" else -np.inf
     best = -worst
-    return {
-        "min_delta": as_state_scalar(min_delta),
-        "patience": jnp.asarray(patience, jnp.int32),
-        "cooldown": jnp.asarray(cooldown, jnp.int32),
-        "start_step": jnp.asarray(start_step, jnp.int32),
-        "baseline": as_state_scalar(worst if baseline is None else baseline),
-        "stopping_threshold": as_state_scalar(
-            best if stopping_threshold is None else stopping_threshold),
-        "divergence_threshold": as_state_scalar(
-            worst if divergence_threshold is None else divergence_threshold),
+    values = {
+        "min_delta": min_delta, "patience": patience, "cooldown": cooldown,
+        "start_step": start_step, "baseline": worst if baseline is None else baseline,
+        "stopping_threshold": best if stopping_threshold is None else stopping_threshold,
+        "divergence_threshold": worst if divergence_threshold is None else divergence_threshold,
     }
+    return {k: HYPERPARAMS[k].store("plateau", k, v) for k, v in values.items()}
+
+
+def current_hyperparams(stored: dict[str, Any], step: jax.Array) -> dict[str, jax.Array]:
+    """The options one decision uses: schedules evaluated at the tracker's step."""
+    return current({**HYPERPARAMS, **EXTRA}, stored, step)
 
 
 def initial_fields(hp: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -99,7 +120,8 @@ def initial_fields(hp: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {
         "step": jnp.zeros([], jnp.int32),
         # A copy: the same buffer twice in one state could not be donated.
-        "best_value": jnp.array(hp["baseline"], dtype=jnp.float32, copy=True),
+        "best_value": jnp.array(value_now(hp["baseline"], jnp.zeros([], jnp.int32)),
+                                dtype=jnp.float32, copy=True),
         "best_step": jnp.asarray(-1, jnp.int32),
         "wait": jnp.zeros([], jnp.int32),
         "cooldown_count": jnp.zeros([], jnp.int32),

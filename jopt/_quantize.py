@@ -290,9 +290,13 @@ def nearest_codes(normed: jax.Array, signed: bool) -> jax.Array:
 
 def block_absmax(blocks: jax.Array) -> jax.Array:
     """Each block's largest magnitude (last axis), NaN for a block holding NaN or +-inf."""
-    absmax = jnp.max(jnp.abs(blocks), axis=-1)
     # A NaN scale makes the whole block dequantize to NaN: the non-finite value is not
-    # hidden behind finite codes. (max already propagates NaN; this also maps inf to NaN.)
+    # hidden behind finite codes. NaN is looked for apart from the maximum: XLA:CPU's
+    # floating-point max reduction over a 2-D array does not always propagate NaN (a NaN in
+    # a (16, 256) array came back as a finite maximum); a boolean any is exact, and XLA
+    # computes both reductions in one pass over the block (no more temporaries).
+    absmax = jnp.max(jnp.abs(blocks), axis=-1)
+    absmax = jnp.where(jnp.any(jnp.isnan(blocks), axis=-1), jnp.float32(np.nan), absmax)
     return jnp.where(jnp.isfinite(absmax), absmax, jnp.float32(np.nan))
 
 

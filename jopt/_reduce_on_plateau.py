@@ -10,9 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jopt import _plateau, _tree
-from jopt._base import GradientTransformation, fresh, safe_increment
+from jopt._base import GradientTransformation, fresh
+from jopt._checks import check_match, check_state_type, check_updates
+from jopt._config import config_key
+from jopt._declare import register, with_plain_arrays
 from jopt._early_stopping import Status, _status, is_stopped
-from jopt._validate import as_state_scalar, check_real
+from jopt._tree import safe_increment
 from jopt.errors import InvalidHyperparameterError, InvalidMetricError, TreeMismatchError
 
 _FIELDS = ("step", "best_value", "best_step", "wait", "cooldown_count")
@@ -46,6 +49,17 @@ class ReduceOnPlateauState(NamedTuple):
     best_params: Any = None
 
 
+ReduceOnPlateauState._jopt_hyperparams = {
+    **{k: v for k, v in _plateau.HYPERPARAMS.items()
+       if k not in ("stopping_threshold", "divergence_threshold")},
+    **_plateau.EXTRA}
+ReduceOnPlateauState._jopt_count = "step"
+
+
+@register(examples={
+    "": lambda jopt: jopt.chain(jopt.adam(0.05), jopt.reduce_on_plateau(patience=1)),
+    "restore_best": lambda jopt: jopt.chain(jopt.adam(0.05), jopt.reduce_on_plateau(
+        patience=1, restore_best=True))}, descends=True, needs_value=True)
 def reduce_on_plateau(
     factor: float = 0.1,
     patience: int = 10,
@@ -121,19 +135,22 @@ def reduce_on_plateau(
     _plateau.validate(name, mode=mode, min_delta=min_delta, min_delta_mode=min_delta_mode,
                       patience=patience, cooldown=cooldown, start_step=start_step,
                       baseline=baseline)
-    check_real(name, "factor", factor, lo=0, hi=1, lo_open=True, hi_open=True)
-    check_real(name, "min_scale", min_scale, lo=0, hi=1)
-    check_real(name, "accumulation_size", accumulation_size, lo=1, integer=True)
+    for key, value in (("factor", factor), ("min_scale", min_scale),
+                       ("accumulation_size", accumulation_size)):
+        _plateau.EXTRA[key].check(name, key, value)
     if not isinstance(restore_best, (bool, np.bool_)):
         raise InvalidHyperparameterError(name, "restore_best", restore_best, "a bool")
     core_hp = _plateau.hyperparams(mode, min_delta=min_delta, patience=patience,
                                    cooldown=cooldown, start_step=start_step, baseline=baseline)
     # Thresholds are early stopping's business: fixed at +-inf here, not stored.
     fixed = {k: core_hp.pop(k) for k in ("stopping_threshold", "divergence_threshold")}
-    hp0 = {"factor": as_state_scalar(factor), "min_scale": as_state_scalar(min_scale),
-           **core_hp, "accumulation_size": jnp.asarray(accumulation_size, jnp.int32)}
+    hp0 = {"factor": _plateau.EXTRA["factor"].store(name, "factor", factor),
+           "min_scale": _plateau.EXTRA["min_scale"].store(name, "min_scale", min_scale),
+           **core_hp, "accumulation_size": _plateau.EXTRA["accumulation_size"].store(
+               name, "accumulation_size", accumulation_size)}
 
     def init_fn(params):
+        params = _tree.unwrap_variables(params)
         if restore_best and params is None:
             raise InvalidHyperparameterError(
                 name, "params", None, "given to init when restore_best=True")
@@ -150,22 +167,27 @@ def reduce_on_plateau(
             best_params=best,
         )
 
-    def update_fn(updates, state, params=None, *, value=None, **extra_args):
+    def update_fn(updates, state, params=None, **extra_args):
+        check_state_type(name, state, ReduceOnPlateauState)
+        return with_plain_arrays(plain_update, updates, state, params, extra_args)
+
+    def plain_update(updates, state, params=None, *, value=None, **extra_args):
         del extra_args
-        _tree.check_state_type(name, state, ReduceOnPlateauState)
         if value is None:
             raise InvalidMetricError(
-                f"{name}: update needs the monitored value: update(..., value=loss).")
+                f"{name}: update needs the monitored value: update(..., value=loss). (Inside "
+                "a combinator of another library that drops extra arguments, wrap this "
+                "transformation with jopt.to_optax(...), or use jopt.chain.)")
         metric = _plateau.as_metric(name, value).astype(jnp.float32)
         if restore_best:
             if params is None:
                 raise TreeMismatchError(name, "update needs the parameters when "
                                         "restore_best=True", "", "params=<the parameter tree>",
                                         "None")
-            _tree.check_match(name, state.best_params, params,
-                              expected_name="the parameters init saw", got_name="params")
-        updates, params = _tree.check_updates(name, updates, None, params)
-        hp = state.hyperparams
+            check_match(name, state.best_params, params,
+                        expected_name="the parameters init saw", got_name="params")
+        updates, params = check_updates(name, updates, None, params)
+        hp = _plateau.current_hyperparams(state.hyperparams, state.step)
         acc_sum = state.acc_sum + metric
         acc_count = safe_increment(state.acc_count)
         ready = acc_count >= hp["accumulation_size"]
@@ -209,7 +231,7 @@ def reduce_on_plateau(
             scale=scale,
             acc_sum=jnp.where(ready, 0.0, acc_sum),
             acc_count=jnp.where(ready, 0, acc_count).astype(jnp.int32),
-            hyperparams=hp,
+            hyperparams=state.hyperparams,
             best_params=best,
         )
 
@@ -219,7 +241,10 @@ def reduce_on_plateau(
                   restore_best=bool(restore_best))
     if axis_name is not None:
         config["axis_name"] = axis_name
-    return GradientTransformation(init_fn, update_fn, name=name, config=config)
+    static = (mode, min_delta_mode, bool(restore_best), config_key(axis_name))
+    return GradientTransformation._configured(
+        init_fn, update_fn, name=name, config=config, key=(name, config_key(hp0), static),
+        kind="whole_tree")
 
 
 def gate_stopped(stopper_state: Any, new: Any, old: Any) -> Any:
@@ -248,7 +273,7 @@ def gate_stopped(stopper_state: Any, new: Any, old: Any) -> Any:
     if not hasattr(stopper_state, "status") or not isinstance(stopper_state, tuple):
         raise TreeMismatchError("gate_stopped", "the first argument is not an early-stopping "
                                 "state", "", "EarlyStoppingState", type(stopper_state).__name__)
-    _tree.check_match("gate_stopped", old, new, expected_name="the old tree", got_name="new tree")
+    check_match("gate_stopped", old, new, expected_name="the old tree", got_name="new tree")
     stopped = is_stopped(stopper_state.status)
     for path, leaf in jax.tree_util.tree_flatten_with_path(new)[0]:
         if tuple(jnp.shape(leaf))[:stopped.ndim] != tuple(stopped.shape):

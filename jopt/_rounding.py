@@ -56,6 +56,11 @@ class _Shown(str):
         return str(self)
 
 
+def check_dtype(function: str, dtype: Any) -> np.dtype:
+    """``dtype`` if stochastic rounding can round to it, else InvalidHyperparameterError."""
+    return _as_float_dtype(function, dtype)
+
+
 def _as_float_dtype(function: str, dtype: Any) -> np.dtype:
     try:
         out = np.dtype(jnp.dtype(dtype))

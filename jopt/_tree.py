@@ -1,7 +1,12 @@
-"""Tree helpers: structure checks with readable errors, dtype rules, norms, apply_updates."""
+"""Tree helpers: readable structure checks, dtype rules, norms, placement, flax variables.
+
+This module knows nothing of jopt's packed layouts (``_layout``) or transformations; the
+packed-aware checks that transformations call are in ``_checks``.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
@@ -11,6 +16,24 @@ import numpy as np
 from jopt.errors import TreeMismatchError
 
 PyTree = Any
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """Adds one to an int32 counter, saturating at ``2**31 - 1`` instead of wrapping.
+
+    Args:
+      count: an int32 array (any shape).
+
+    Returns:
+      ``count + 1`` where ``count < 2**31 - 1``, else ``count``; int32, same shape.
+    """
+    return count + (count < INT32_MAX).astype(count.dtype)
+
+
+def zero_count() -> jax.Array:
+    """A fresh int32 step counter (scalar zero)."""
+    return jnp.zeros([], jnp.int32)
 
 
 def dtype_of(leaf: Any) -> np.dtype:
@@ -22,6 +45,11 @@ def dtype_of(leaf: Any) -> np.dtype:
     return np.dtype(dtype)
 
 
+def shape_of(leaf: Any) -> tuple[int, ...]:
+    """The shape of an array-like leaf as a tuple of ints."""
+    return tuple(int(d) for d in getattr(leaf, "shape", np.shape(leaf)))
+
+
 def as_arrays(tree: PyTree) -> PyTree:
     """Python and NumPy scalar leaves as JAX arrays (arrays are returned as they are)."""
     return jax.tree_util.tree_map(
@@ -31,53 +59,28 @@ def as_arrays(tree: PyTree) -> PyTree:
 
 def describe(leaf: Any) -> str:
     """``'shape (3, 4) float32'`` for an array-like leaf."""
-    shape = tuple(getattr(leaf, "shape", np.shape(leaf)))
     dtype = getattr(leaf, "dtype", None)
     if dtype is None:
         dtype = np.asarray(leaf).dtype
-    return f"shape {shape} {np.dtype(dtype).name}"
+    return f"shape {shape_of(leaf)} {np.dtype(dtype).name}"
 
 
-def _paths(tree: PyTree) -> dict[str, Any]:
+def paths(tree: PyTree) -> dict[str, Any]:
+    """``{keystr(path): leaf}`` for every leaf of ``tree``."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
 
 
-def check_match(
-    transformation: str,
-    expected: PyTree,
-    got: PyTree,
-    *,
-    expected_name: str,
-    got_name: str,
-    shapes: bool = True,
-    dtypes: bool = False,
-) -> None:
-    """Raises :class:`TreeMismatchError` unless ``got`` matches ``expected``.
-
-    Compares tree structure, then (optionally) leaf shapes and dtypes. All comparisons are on
-    static information, so this costs nothing at run time.
-
-    Args:
-      transformation: name shown in the message.
-      expected: the reference tree (for example the state's first moment).
-      got: the tree to check (for example the incoming updates).
-      expected_name: what ``expected`` is, in words (``"the parameters init saw"``).
-      got_name: what ``got`` is, in words (``"updates"``).
-      shapes: compare leaf shapes.
-      dtypes: compare leaf dtypes.
-    """
+def check_structure(transformation: str, expected: PyTree, got: PyTree, *, expected_name: str,
+                    got_name: str, shapes: bool = True, dtypes: bool = False) -> None:
+    """Raises :class:`TreeMismatchError` unless ``got`` matches ``expected``: the tree
+    structure, then (optionally) every leaf's shape and dtype, naming the first tree path
+    that differs. Only static information is compared, so this costs nothing at run time."""
     exp_def = jax.tree_util.tree_structure(expected)
     got_def = jax.tree_util.tree_structure(got)
     if exp_def != got_def:
-        from jopt._packed import Packed, _check_packed_match
-
-        if isinstance(expected, Packed) or isinstance(got, Packed):
-            # A layout mismatch names the original leaf, not two PyTreeDefs of the layouts.
-            _check_packed_match(transformation, expected, got, expected_name=expected_name,
-                                got_name=got_name)
-        exp_paths = _paths(expected)
-        got_paths = _paths(got)
+        exp_paths = paths(expected)
+        got_paths = paths(got)
         missing = [p for p in exp_paths if p not in got_paths]
         extra = [p for p in got_paths if p not in exp_paths]
         what = f"the {got_name} do not have the structure of {expected_name}"
@@ -97,9 +100,7 @@ def check_match(
     exp_leaves, _ = jax.tree_util.tree_flatten_with_path(expected)
     got_leaves = jax.tree_util.tree_leaves(got)
     for (path, e), g in zip(exp_leaves, got_leaves):
-        e_shape = tuple(np.shape(e)) if not hasattr(e, "shape") else tuple(e.shape)
-        g_shape = tuple(np.shape(g)) if not hasattr(g, "shape") else tuple(g.shape)
-        bad_shape = shapes and e_shape != g_shape
+        bad_shape = shapes and shape_of(e) != shape_of(g)
         bad_dtype = dtypes and dtype_of(e) != dtype_of(g)
         if bad_shape or bad_dtype:
             kind = "shape" if bad_shape else "dtype"
@@ -134,6 +135,20 @@ def real_dtype(dtype: Any) -> np.dtype:
     dtype = np.dtype(dtype)
     if jnp.issubdtype(dtype, jnp.complexfloating):
         return np.dtype(np.float64) if dtype == np.complex128 else np.dtype(np.float32)
+    return dtype
+
+
+def moment_dtype(param_dtype: Any, option: Any = None, real: bool = False) -> np.dtype:
+    """The storage dtype of a per-parameter buffer: ``option`` if given, else the parameter's
+    compute dtype; the real part of it for a ``real`` buffer, else (for a complex parameter)
+    the narrowest complex type that holds the requested real precision."""
+    param_dtype = np.dtype(param_dtype)
+    dtype = np.dtype(option) if option is not None else compute_dtype(param_dtype)
+    if real:
+        return real_dtype(dtype)
+    if jnp.issubdtype(param_dtype, jnp.complexfloating) and not jnp.issubdtype(
+            dtype, jnp.complexfloating):
+        return np.dtype(np.complex128 if dtype == np.float64 else np.complex64)
     return dtype
 
 
@@ -189,7 +204,8 @@ def zeros_like(tree: PyTree, dtype: Any = None) -> PyTree:
     return jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=dtype or p.dtype), tree)
 
 
-def _wider(a: np.dtype, b: np.dtype) -> np.dtype:
+def wider(a: np.dtype, b: np.dtype) -> np.dtype:
+    """The wider of two dtypes: inexact over integer, complex over real, then more bytes."""
     if a == b:
         return a
     a_inexact = jnp.issubdtype(a, jnp.inexact)
@@ -200,133 +216,6 @@ def _wider(a: np.dtype, b: np.dtype) -> np.dtype:
     if jnp.issubdtype(a, jnp.complexfloating) and not jnp.issubdtype(b, jnp.complexfloating):
         return a
     return a if a.itemsize >= b.itemsize else b
-
-
-def apply_updates(params: PyTree, updates: PyTree, *, key: jax.Array | None = None) -> PyTree:
-    r"""Adds updates to parameters; each result leaf keeps its parameter's dtype.
-
-    The sum is computed in the wider of the two dtypes, then cast back to the parameter's
-    dtype, so float32 updates added to bfloat16 parameters lose no more than the final
-    rounding. Leaves that are ``None`` in ``params`` stay ``None``.
-
-    With ``key``, every parameter leaf of a floating dtype narrower than float32 (bfloat16,
-    float16, float8 types) is updated with stochastic rounding instead of round-to-nearest:
-
-    .. math::
-
-      p_{\text{new}} = \operatorname{stochastic\_round}(\operatorname{float32}(p) + u,
-        \operatorname{dtype}(p)), \qquad \mathbb{E}[p_{\text{new}}] = p + u,
-
-    with the sum in float64 instead when ``u`` is float64, and a random stream per leaf (``key``
-    folded with the leaf's index in ``jax.tree_util.tree_leaves(params)``). With
-    round-to-nearest, an update smaller than half the spacing of the parameter's dtype at
-    ``p`` is lost entirely: a bfloat16 weight of ``1.0`` plus ``1e-4`` stays ``1.0``, step
-    after step, since bfloat16 values near 1 are ``2**-7`` apart. Stochastic rounding keeps
-    such updates in expectation, so low-precision training keeps following small learning
-    rates (Gupta et al., 2015; Zamirai et al., 2020). Special values and overflow follow
-    round-to-nearest; see :func:`jopt.stochastic_round`. float32, float64, complex and integer
-    leaves are updated exactly as without ``key``. Use a fresh key every step (for example
-    ``jax.random.fold_in(key, step)``): the same key gives the same rounding.
-
-    Args:
-      params: a tree of arrays.
-      updates: a tree of arrays with the same structure and shapes as ``params``.
-      key: optional JAX PRNG key (``jax.random.key(seed)`` or ``jax.random.PRNGKey(seed)``);
-        when given, low-precision leaves are rounded stochastically. Keyword only.
-
-    Returns:
-      ``params + updates``, same tree, shapes and dtypes as ``params``.
-
-    Raises:
-      TreeMismatchError: if the trees differ in structure or a shape differs; the message
-        names the tree path.
-      InvalidHyperparameterError: if ``key`` is given and is not one PRNG key.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp, jopt
-      >>> params = {"w": jnp.ones((10_000,), jnp.bfloat16)}
-      >>> updates = {"w": jnp.full((10_000,), 1e-3)}  # below half a bfloat16 spacing at 1.0
-      >>> float(jopt.apply_updates(params, updates)["w"].astype(jnp.float32).mean())
-      1.0
-      >>> new = jopt.apply_updates(params, updates, key=jax.random.key(0))
-      >>> bool(abs(new["w"].astype(jnp.float32).mean() - 1.001) < 3e-4)
-      True
-
-    References:
-      Gupta, Agrawal, Gopalakrishnan and Narayanan, 2015. `Deep Learning with Limited
-      Numerical Precision <https://arxiv.org/abs/1502.02551>`_.
-
-      Zamirai, Zhang, Aberger and De Sa, 2020. `Revisiting BFloat16 Training
-      <https://arxiv.org/abs/2010.06192>`_.
-    """
-    check_match(
-        "apply_updates", params, updates, expected_name="the parameters", got_name="updates"
-    )
-
-    def add(p, u):
-        p, u = jnp.asarray(p), jnp.asarray(u)
-        p_dtype = np.dtype(p.dtype)
-        ct = _wider(p_dtype, np.dtype(u.dtype))
-        if jnp.issubdtype(p_dtype, jnp.complexfloating) or not jnp.issubdtype(
-            ct, jnp.complexfloating
-        ):
-            return (jnp.asarray(p).astype(ct) + jnp.asarray(u).astype(ct)).astype(p_dtype)
-        return (jnp.asarray(p).astype(ct) + jnp.asarray(u).astype(ct)).real.astype(p_dtype)
-
-    if key is None:
-        return jax.tree_util.tree_map(add, params, updates)
-
-    from jopt import _rounding
-
-    key = _rounding.check_key("apply_updates", key)
-
-    def add_rounded(index, p, u):
-        p, u = jnp.asarray(p), jnp.asarray(u)
-        p_dtype = np.dtype(p.dtype)
-        if not (jnp.issubdtype(p_dtype, jnp.floating) and p_dtype.itemsize < 4):
-            return add(p, u)
-        ct = _wider(_wider(p_dtype, np.dtype(u.dtype)), np.dtype(np.float32))
-        total = p.astype(ct) + u.astype(ct)
-        if jnp.issubdtype(ct, jnp.complexfloating):
-            total = total.real
-        return _rounding.stochastic_round(total, p_dtype, jax.random.fold_in(key, index))
-
-    p_leaves, treedef = jax.tree_util.tree_flatten(params)
-    u_leaves = treedef.flatten_up_to(updates)
-    return treedef.unflatten(
-        [add_rounded(i, p, u) for i, (p, u) in enumerate(zip(p_leaves, u_leaves))]
-    )
-
-
-def check_state_type(transformation: str, state: Any, cls: type) -> None:
-    """Raises :class:`TreeMismatchError` if ``state`` is not the state ``init`` builds."""
-    if not isinstance(state, cls):
-        raise TreeMismatchError(
-            transformation,
-            "the state is not the one this transformation's init builds",
-            "",
-            cls.__name__,
-            type(state).__name__,
-        )
-
-
-def check_updates(
-    transformation: str, updates: PyTree, reference: PyTree | None, params: PyTree | None
-) -> tuple[PyTree, PyTree | None]:
-    """Checks updates against a per-parameter state tree and, if given, the parameters.
-
-    Returns ``(updates, params)`` with Python/NumPy scalar leaves turned into JAX arrays.
-    """
-    if reference is not None:
-        check_match(
-            transformation, reference, updates,
-            expected_name="the parameters init saw", got_name="updates",
-        )
-    if params is not None:
-        check_match(
-            transformation, updates, params, expected_name="the updates", got_name="params"
-        )
-    return as_arrays(updates), (None if params is None else as_arrays(params))
 
 
 def place_like(params: PyTree, state: PyTree) -> PyTree:
@@ -356,3 +245,92 @@ def place_like(params: PyTree, state: PyTree) -> PyTree:
         return x
 
     return jax.tree_util.tree_map(put, state)
+
+
+def place_as(new: PyTree, old: PyTree) -> PyTree:
+    """Puts the leaves of a new value where the old value's leaves were, so that a jitted step
+    sees the same input shardings and does not recompile: a new leaf takes the sharding of an
+    old leaf of the same shape (a population sharded over its member axis stays so), any other
+    leaf is replicated on the old value's mesh."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    old_leaves = [x for x in jax.tree_util.tree_leaves(old)
+                  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)]
+    if not old_leaves or not isinstance(old_leaves[0].sharding, NamedSharding):
+        return new
+    by_shape: dict[tuple[int, ...], Any] = {}
+    for x in old_leaves:
+        by_shape.setdefault(tuple(x.shape), x.sharding)
+    replicated = NamedSharding(old_leaves[0].sharding.mesh, PartitionSpec())
+
+    def put(x):
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            return x
+        return jax.device_put(x, by_shape.get(tuple(x.shape), replicated))
+
+    return jax.tree_util.tree_map(put, new)
+
+
+# ------------------------------------------------------------------------ flax variables
+
+
+def _variable_type() -> type | None:
+    """flax's ``nnx.Variable`` if flax.nnx has been imported (jopt never imports flax)."""
+    module = sys.modules.get("flax.nnx.variablelib") or sys.modules.get("flax.nnx")
+    return getattr(module, "Variable", None) if module is not None else None
+
+
+def is_variable(x: Any) -> bool:
+    """Whether ``x`` is a flax ``nnx.Variable`` (``nnx.Param``, an optimizer's ``OptArray``)."""
+    cls = _variable_type()
+    return cls is not None and isinstance(cls, type) and isinstance(x, cls)
+
+
+def variable_value(x: Any) -> Any:
+    return x.get_value() if hasattr(x, "get_value") else x.value
+
+
+def unwrap_variables(tree: PyTree) -> PyTree:
+    """``tree`` with every flax ``nnx.Variable`` replaced by its value.
+
+    flax's ``nnx.Optimizer`` calls ``init`` with ``nnx.state(model, wrt)`` (a tree of
+    ``nnx.Param`` variables) but ``update`` with plain arrays, and keeps the optimizer state
+    as a tree of ``OptArray`` variables: jopt reads through the variables so that the state
+    ``init`` builds, and what ``get_hyperparams`` reads, are plain arrays.
+    """
+    if _variable_type() is None:
+        return tree
+    return jax.tree_util.tree_map(lambda x: variable_value(x) if is_variable(x) else x, tree,
+                                  is_leaf=is_variable)
+
+
+def has_variables(tree: PyTree) -> bool:
+    if _variable_type() is None:
+        return False
+    return any(is_variable(x) for x in jax.tree_util.tree_leaves(tree, is_leaf=is_variable))
+
+
+def matrices_mask(params: PyTree) -> PyTree:
+    """A mask selecting the leaves of two or more dimensions (weight matrices, not biases or
+    scalars), the usual choice for weight decay."""
+    return jax.tree_util.tree_map(lambda x: jnp.ndim(x) > 1, params)
+
+
+def rewrap_variables(original: PyTree, new: PyTree) -> PyTree:
+    """``new`` (a tree of plain arrays computed from ``unwrap_variables(original)``) with each
+    leaf wrapped again in the flax variable that held the leaf at the same path of
+    ``original`` (a leaf at a new path, such as a schedule that replaced a number, in a
+    variable of the type of the first one)."""
+    wrapped, _ = jax.tree_util.tree_flatten_with_path(original, is_leaf=is_variable)
+    by_path = {jax.tree_util.keystr(p): v for p, v in wrapped if is_variable(v)}
+    if not by_path:
+        return new
+    first = next(iter(by_path.values()))
+
+    def wrap(path, leaf):
+        var = by_path.get(jax.tree_util.keystr(path))
+        if var is not None:
+            return var.replace(leaf) if hasattr(var, "replace") else type(var)(leaf)
+        return type(first)(leaf)
+
+    return jax.tree_util.tree_map_with_path(wrap, new)

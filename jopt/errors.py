@@ -8,20 +8,34 @@ Each message names the transformation, the tree path where the problem is (when 
 one), what was expected and what was given, so that a mistake deep inside a chain can be
 found without reading a JAX traceback.
 
-Classes
--------
+Hierarchy
+---------
 ``JoptError``
     Base class of everything jopt raises on purpose.
-``InvalidHyperparameterError``
+``InvalidArgumentError`` (``JoptError``, ``ValueError``)
+    Base class of the errors for arguments a function cannot accept.
+``InvalidHyperparameterError`` (``InvalidArgumentError``)
     A hyperparameter is outside its allowed range, of the wrong type, or an argument name is
-    unknown. Also a ``ValueError``.
-``TreeMismatchError``
-    Gradients, parameters and optimizer state disagree in structure, shape or dtype. Also a
-    ``ValueError``. Carries ``transformation``, ``path``, ``expected`` and ``got``.
-``InvalidMetricError``
-    Early stopping was given a metric that is not a real scalar. Also a ``ValueError``.
-``MissingDependencyError``
-    An optional feature needs a package that is not installed. Also an ``ImportError``.
+    unknown. Carries ``transformation``, ``name``, ``value`` and ``requirement``.
+``AmbiguousKeyError`` (``InvalidHyperparameterError``, ``KeyError``)
+    A short hyperparameter name (``"learning_rate"``) names several links of a state; the
+    message lists the full keys to choose from.
+``TreeMismatchError`` (``InvalidArgumentError``)
+    Gradients, parameters and optimizer state disagree in structure, shape or dtype. Carries
+    ``transformation``, ``path``, ``expected`` and ``got``.
+``LayoutError`` (``InvalidArgumentError``)
+    Packed or flat-state layouts used in a way that cannot be right: a transformation of
+    unknown kind given packed values, a per-leaf option where a flat buffer is all there is.
+``PackedMismatchError`` (``TreeMismatchError``, ``LayoutError``)
+    A packed value and a per-leaf tree (or two packed layouts) where one layout is needed.
+``HostOnlyError`` (``TreeMismatchError``)
+    A host-side helper (``should_stop``, ``stop_reason``, ...) was called inside ``jit``,
+    ``vmap`` or a ``lax`` loop, where its argument is traced. (A ``TreeMismatchError`` too,
+    as in jopt 0.1.)
+``InvalidMetricError`` (``InvalidArgumentError``)
+    Early stopping or a plateau tracker was given a metric that is not a real scalar.
+``MissingDependencyError`` (``JoptError``, ``ImportError``)
+    An optional feature needs a package that is not installed.
 """
 
 from __future__ import annotations
@@ -30,8 +44,13 @@ from typing import Any
 
 __all__ = [
     "JoptError",
+    "InvalidArgumentError",
     "InvalidHyperparameterError",
+    "AmbiguousKeyError",
     "TreeMismatchError",
+    "LayoutError",
+    "PackedMismatchError",
+    "HostOnlyError",
     "InvalidMetricError",
     "MissingDependencyError",
 ]
@@ -41,15 +60,21 @@ class JoptError(Exception):
     """Base class of all errors jopt raises for user mistakes."""
 
 
-class InvalidHyperparameterError(JoptError, ValueError):
+class InvalidArgumentError(JoptError, ValueError):
+    """Base class of the errors for an argument a jopt function cannot accept."""
+
+
+class InvalidHyperparameterError(InvalidArgumentError):
     """A hyperparameter is invalid: out of range, non-finite, wrong type or unknown name.
 
-    Raised when the transformation or schedule is built, never inside ``update``.
+    Raised when the transformation or schedule is built (or by ``set_hyperparams``), never
+    inside ``update``.
 
     Attributes:
       transformation: name of the transformation or schedule being built.
       name: the hyperparameter's argument name.
       value: the value that was given.
+      requirement: what was expected, in words.
     """
 
     def __init__(self, transformation: str, name: str, value: Any, requirement: str):
@@ -60,7 +85,25 @@ class InvalidHyperparameterError(JoptError, ValueError):
         super().__init__(f"{transformation}: {name} must be {requirement}; got {value!r}.")
 
 
-class TreeMismatchError(JoptError, ValueError):
+class AmbiguousKeyError(InvalidHyperparameterError, KeyError):
+    """A short hyperparameter name matches several entries of a state.
+
+    Attributes:
+      candidates: the full keys (link paths) the name could mean.
+    """
+
+    def __init__(self, transformation: str, key: str, candidates: list[str]):
+        self.candidates = list(candidates)
+        super().__init__(
+            transformation, "key", key,
+            f"one full key, since {key!r} names several hyperparameters: "
+            f"{', '.join(repr(c) for c in self.candidates)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return Exception.__str__(self)
+
+
+class TreeMismatchError(InvalidArgumentError):
     """Two trees that must match (updates, state, params) do not.
 
     Raised at trace time by ``update`` and ``apply_updates``.
@@ -84,8 +127,25 @@ class TreeMismatchError(JoptError, ValueError):
         )
 
 
-class InvalidMetricError(JoptError, ValueError):
-    """A metric given to early stopping is not a real scalar."""
+class LayoutError(InvalidArgumentError):
+    """A packed (``jopt.pack``) or flat-state (``jopt.flatten``) layout used where it cannot
+    give the per-leaf results of the tree: a link whose kind is unknown (a transformation
+    from another library) given flat buffers, for example. The message says how to declare
+    the link's kind (``jopt.declare_kind``)."""
+
+
+class PackedMismatchError(TreeMismatchError, LayoutError):
+    """A packed value where a per-leaf tree is needed, or the reverse, or two packed values
+    with different layouts."""
+
+
+class HostOnlyError(TreeMismatchError):
+    """A host-side helper was called on traced values (inside ``jit``, ``vmap`` or a ``lax``
+    loop); inside compiled code use the traceable field the message names instead."""
+
+
+class InvalidMetricError(InvalidArgumentError):
+    """A metric given to early stopping or a plateau tracker is not a real scalar."""
 
 
 class MissingDependencyError(JoptError, ImportError):

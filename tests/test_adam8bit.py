@@ -25,7 +25,7 @@ import pytest
 from helpers import tree_equal, tree_signature
 
 import jopt
-from jopt import _adam8bit, _quantize
+from jopt import _codecs, _quantize, _scale
 from jopt.errors import InvalidHyperparameterError, TreeMismatchError
 
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def run_8bit():
     # A small CPU chunk (2 blocks), so that the step's loop over chunks runs several times
     # and the partial last chunk is handled after it.
     mp = pytest.MonkeyPatch()
-    mp.setattr(_adam8bit, "_CPU_CHUNK", 2 * BS)
+    mp.setattr(_codecs, "CPU_CHUNK", 2 * BS)
     tx = jopt.scale_by_adam_8bit(block_size=BS, min_8bit_size=MIN_8BIT)
     out = _run(tx)
     mp.undo()
@@ -421,8 +421,10 @@ def test_loop_and_single_expression_agree_bit_for_bit():
     # expression. Both are forced here, on leaves with several chunks and a padded last block.
     rng = np.random.default_rng(4)
     f32 = jnp.float32
-    k = _adam8bit._Coefficients(c1=f32(0.1), b1=f32(0.9), c2=f32(0.001), b2=f32(0.999),
-                                bc1=f32(0.5), bc2=f32(0.01), eps=f32(1e-8), eps_root=f32(0))
+    k = dict(one_minus_b1=f32(0.1), b1=f32(0.9), one_minus_b2=f32(0.001), b2=f32(0.999),
+             bc1=f32(0.5), bc2=f32(0.01), bc1_next=f32(0.7), eps=f32(1e-8), eps_root=f32(0))
+    call = _codecs.RuleCall(lambda g, values, param, kw: (lambda u, m, v: (u, (m, v)))(
+        *_scale._adam_rule(g, *values, nesterov=False, **kw)))
 
     for shape in [(7, 300)]:
         g = jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -430,10 +432,10 @@ def test_loop_and_single_expression_agree_bit_for_bit():
         v = jopt.quantize_blockwise(rng.random(size=shape).astype(np.float32), False, 64)
         outs = []
         for chunked in (True, False):
-            f = jax.jit(lambda g, m, v, c=chunked: _adam8bit._quantized_step(
-                g, m, v, k, chunked=c))
+            f = jax.jit(lambda g, m, v, c=chunked: _codecs.quantized_leaf_step(
+                call, g, (m, v), (jnp.float32, jnp.float32), None, k, chunked=c))
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(_adam8bit, "_CPU_CHUNK", 128)
+                mp.setattr(_codecs, "CPU_CHUNK", 128)
                 outs.append(f(g, m, v))
         assert tree_equal(outs[0], outs[1]), shape
 
@@ -803,11 +805,12 @@ def test_finite_huge_gradient_saturates_instead_of_poisoning_its_block(chunked):
     s, rs = tx.init(g), ref.init(g)
     step = jax.jit(lambda g, s: tx.update(g, s))
     with pytest.MonkeyPatch.context() as mp:
-        # A distinct chunk size per case: _quantized_step_jit's cache would keep the other.
-        mp.setattr(_adam8bit, "_CPU_CHUNK", 4 if chunked else 5)
+        # A distinct chunk size per case: the jitted step's cache would keep the other.
+        mp.setattr(_codecs, "CPU_CHUNK", 4 if chunked else 5)
         if not chunked:
-            mp.setattr(_adam8bit, "_step_chunked",
-                       lambda g, leaves, k, cpu_chunk: _adam8bit._step_whole(g, leaves, k))
+            mp.setattr(_codecs, "_step_chunked",
+                       lambda g, leaves, param, kw, *, call, meta, cpu_chunk:
+                       _codecs._step_whole(g, leaves, param, kw, call=call, meta=meta))
         for _ in range(4):
             u, s = step(g, s)
             ru, rs = ref.update(g, rs)

@@ -371,14 +371,19 @@ def test_counters_saturate_instead_of_wrapping():
     tx = jopt.chain(jopt.adamw(jopt.cosine_decay(1e-2, 100), weight_decay=1e-2))
     params = make_params()
     state = tx.init(params)
-    state = jax.tree_util.tree_map(
-        lambda x: jnp.full_like(x, int_max - 1) if x.dtype == jnp.int32 else x, state)
+    # The counters are the states' ``count`` fields (schedules hold int32 step counts too,
+    # such as the cosine's decay_steps, which are hyperparameters, not counters).
+    def is_count(path):
+        return jax.tree_util.keystr(path).endswith(".count")
+
+    state = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.full_like(x, int_max - 1) if is_count(path) else x, state)
     step = jax.jit(tx.update)
     for _ in range(3):
         u, state = step(_grads(params), state, params)
         for leaf in jax.tree_util.tree_leaves(u):
             assert bool(jnp.all(jnp.isfinite(leaf)))
-    counts = [x for x in jax.tree_util.tree_leaves(state) if x.dtype == jnp.int32]
+    counts = [x for path, x in jax.tree_util.tree_flatten_with_path(state)[0] if is_count(path)]
     assert counts and all(int(c) == int_max for c in counts)
     assert int(jopt.safe_increment(jnp.int32(int_max))) == int_max
 

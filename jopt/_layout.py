@@ -1,4 +1,4 @@
-"""Flat buffers for trees with many leaves: :func:`pack`, :class:`Packed` and :func:`flatten`.
+"""Flat buffers for trees with many leaves: :func:`pack`, :class:`Packed` and :class:`Layout`.
 
 A model with thousands of small tensors pays a fixed runtime and compile cost per buffer and
 per kernel, several times per leaf for every optimizer. Here the leaves of one dtype are laid
@@ -9,10 +9,11 @@ kernels on a handful of buffers whatever the number of leaves.
 - :class:`Packed`: a pytree whose leaves are the group buffers and whose static data is the
   layout; :meth:`Packed.unpack` gives the original tree back (slices and reshapes, which XLA
   fuses into their consumers). Every jopt transformation accepts packed parameters directly
-  (the *packed mode*): the state is then a few flat buffers too, and per-leaf options such as a
-  weight-decay mask are resolved through the layout.
-- :func:`flatten`: wraps a transformation so that ordinary per-leaf parameters and updates are
-  packed on the way in and unpacked on the way out; the state lives in flat buffers.
+  (the *packed mode*), each according to its kind: an elementwise rule runs on the buffers as
+  they are (its state is a few flat buffers too), a per-leaf rule on each original leaf, and
+  per-leaf options such as a weight-decay mask are resolved through the layout.
+- ``jopt.flatten`` (in ``_flatten``) wraps a transformation so that ordinary per-leaf
+  parameters and updates are packed on the way in and unpacked on the way out.
 
 Leaves that are sharded over several devices are never concatenated (that would move data
 between devices): each is a group of its own, kept in its shape and sharding. Under
@@ -23,14 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt._base import GradientTransformation, is_gradient_transformation
-from jopt.errors import InvalidHyperparameterError, TreeMismatchError
+from jopt import _tree
+from jopt.errors import LayoutError, PackedMismatchError, TreeMismatchError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +111,10 @@ class Layout:
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         if treedef != self.treedef:
             # Name the first missing or extra leaf, as every other structure check does.
-            from jopt import _tree
-
             expected = jax.tree_util.tree_unflatten(self.treedef, [
                 jax.ShapeDtypeStruct(s, d) for s, d in zip(self.shapes, self.dtypes)])
-            _tree.check_match(transformation, expected, tree, expected_name="the packed layout",
-                              got_name=what, shapes=False)
+            _tree.check_structure(transformation, expected, tree,
+                                  expected_name="the packed layout", got_name=what, shapes=False)
             raise TreeMismatchError(transformation, f"the {what} do not have the packed layout's "
                                     "structure", "", f"tree {self.treedef}", f"tree {treedef}")
         for i, x in enumerate(leaves):
@@ -279,6 +278,15 @@ class Packed:
         return f"Packed({self.layout.num_leaves} leaves in {groups})"
 
 
+class _NotPackedError(LayoutError, TypeError):
+    """``jopt.unpack`` of something that is not packed."""
+
+
+def tree_view(tree: Any) -> Any:
+    """The per-leaf tree of a :class:`Packed` value (``tree`` itself otherwise)."""
+    return tree.unpack() if isinstance(tree, Packed) else tree
+
+
 def _describe_buffer(b: Any) -> str:
     shape, dtype = getattr(b, "shape", None), getattr(b, "dtype", None)
     try:
@@ -339,129 +347,18 @@ def unpack(packed: Packed) -> Any:
     """The tree a :class:`Packed` value holds (see :meth:`Packed.unpack`).
 
     Raises:
-      TypeError: if ``packed`` is not a :class:`Packed`.
+      LayoutError: if ``packed`` is not a :class:`Packed` (also a ``TypeError``, as before).
     """
     if not isinstance(packed, Packed):
-        raise TypeError(f"jopt.unpack expects a jopt.Packed value, got {type(packed).__name__}")
+        raise _NotPackedError(
+            f"jopt.unpack expects a jopt.Packed value, got {type(packed).__name__}")
     return packed.unpack()
 
 
-class FlattenState(NamedTuple):
-    """State of :func:`flatten`.
-
-    Attributes:
-      inner: the wrapped transformation's state, built for the packed parameters: its
-        per-parameter buffers are flat, one per dtype, except for the leaves larger than
-        ``max_leaf_size`` (and sharded ones), which keep their own (see :class:`Packed`).
-    """
-
-    inner: Any
-
-
-def flatten(inner: GradientTransformation, *,
-            max_leaf_size: int | None = 65_536) -> GradientTransformation:
-    """Keeps ``inner``'s state in flat buffers: per-leaf parameters outside, flat state inside.
-
-    ``init`` runs ``inner.init`` on the packed parameters (:func:`pack`), so the per-parameter
-    state (moments, momentum) of all the leaves of at most ``max_leaf_size`` elements is one
-    1-D buffer per dtype instead of one buffer per leaf; larger leaves (and sharded ones) keep
-    buffers of their own, in their own shapes. ``update`` packs the updates (and parameters)
-    the same way (one concatenation per dtype), runs ``inner`` on the :class:`Packed` values
-    and unpacks its updates to the original tree (slices XLA fuses into ``apply_updates``).
-    A jitted step then returns a few state buffers instead of one or two per leaf and runs a
-    few kernels for the arithmetic, which is what costs time with thousands of small leaves.
-
-    Results equal ``inner``'s on the tree to float32 rounding (about one ulp: XLA may contract
-    multiply-adds differently in a differently shaped kernel; global norms sum in another
-    order); per-leaf options (a weight-decay mask) keep their per-leaf
-    meaning. Costs: the packed gradients (and, for weight decay, parameters) and the packed
-    updates are temporaries the size of the gradients, and every leaf's slice is its own
-    kernel, so compile time still grows with the number of distinct leaves. Packing the
-    parameters themselves (:func:`pack`) avoids both.
-
-    Unlike optax's ``flatten``, leaves are never promoted to a common dtype (each dtype has its
-    own buffer) and masks keep working. The updates need only the parameters' structure and
-    shapes: like ``inner`` on the tree, they may come in another dtype (float32 gradients for
-    bfloat16 parameters), as long as the updates of the leaves that share a buffer share a
-    dtype. Call ``init`` outside ``jit`` when a leaf is sharded
-    over several devices: traced parameters carry no sharding, so the leaf would be
-    concatenated with the others instead of keeping a buffer of its own.
-
-    Args:
-      inner: any jopt transformation (or chain). optax transformations that only do
-        elementwise arithmetic also work; ones that look at the tree's structure do not.
-      max_leaf_size: leaves with more elements keep buffers of their own (their state is not
-        flattened): for a large tensor the per-buffer cost is negligible, and concatenating
-        it every step would cost a copy (on a GPT-2-sized tree, flattening every leaf makes
-        the step several times slower). ``None`` flattens every leaf. Default 65536.
-
-    Returns:
-      A :class:`GradientTransformation` with state :class:`FlattenState`. ``update`` takes the
-      per-leaf updates (and parameters) and returns per-leaf updates; given :class:`Packed`
-      updates it runs ``inner`` on them directly.
-
-    Raises:
-      InvalidHyperparameterError: if ``inner`` is not a transformation (an object with
-        ``init`` and ``update``), or ``max_leaf_size`` is not None or an integer >= 0.
-      TreeMismatchError: in ``update``, if the updates (structure, shape) or parameters
-        (structure, shape, dtype) do not match the tree ``init`` saw, or if the updates of
-        leaves that share a buffer have different dtypes; the message names the tree path.
-    """
-    name = "flatten"
-    if not is_gradient_transformation(inner):
-        raise InvalidHyperparameterError(
-            name, "inner", inner, "an object with init and update (a jopt or optax transformation)")
-    if max_leaf_size is not None and (
-            isinstance(max_leaf_size, (bool, np.bool_))
-            or not isinstance(max_leaf_size, (int, np.integer)) or max_leaf_size < 0):
-        raise InvalidHyperparameterError(name, "max_leaf_size", max_leaf_size,
-                                         "None or a Python integer >= 0")
-
-    def init_fn(params):
-        if not isinstance(params, Packed):
-            params = Layout.of(params, max_leaf_size=max_leaf_size).pack(params)
-        return FlattenState(inner=inner.init(params))
-
-    def update_fn(updates, state, params=None, **extra_args):
-        if not isinstance(state, FlattenState):
-            from jopt import _tree
-            _tree.check_state_type(name, state, FlattenState)
-        if isinstance(updates, Packed):
-            u, s = inner.update(updates, state.inner, params, **extra_args)
-            return u, FlattenState(inner=s)
-        # The state's layout is the parameters' at init. A state without packed buffers (sgd)
-        # gives none: the layout is then the parameters' (or, without them, the updates').
-        layout = _layout_of_state(state.inner)
-        if layout is None:
-            layout = Layout.of(updates if params is None else params, max_leaf_size=max_leaf_size)
-        g = layout.pack(updates, what="updates", transformation=name, dtypes=False)
-        p = None if params is None else layout.pack(params, what="params", transformation=name)
-        u, s = inner.update(g, state.inner, p, **extra_args)
-        return layout.unpack(u.buffers), FlattenState(inner=s)
-
-    config: dict[str, Any] = {"inner": inner}
-    if max_leaf_size != 65_536:
-        config["max_leaf_size"] = max_leaf_size
-    return GradientTransformation(init_fn, update_fn, name=name, config=config)
-
-
-def _layout_of_state(state: Any) -> Layout | None:
-    """The layout of the first :class:`Packed` value inside ``state`` (None if it has none)."""
-    found = []
-
-    def visit(x):
-        if isinstance(x, Packed) and not found:
-            found.append(x.layout)
-        return x
-
-    jax.tree_util.tree_map(visit, state, is_leaf=lambda x: isinstance(x, Packed))
-    return found[0] if found else None
-
-
-def _check_packed_match(transformation: str, expected: Any, got: Any, *, expected_name: str,
+def check_packed_match(transformation: str, expected: Any, got: Any, *, expected_name: str,
                         got_name: str) -> None:
-    """Raises a readable :class:`TreeMismatchError` for two trees of different structures when
-    one of them is a :class:`Packed` (called by ``_tree.check_match``; returns when it has
+    """Raises a readable :class:`PackedMismatchError` for two trees of different structures
+    when one of them is a :class:`Packed` (called by ``_checks.check_match``; returns when it has
     nothing more specific to say than the generic structure message)."""
     exp_packed, got_packed = isinstance(expected, Packed), isinstance(got, Packed)
     state = expected_name == "the parameters init saw"
@@ -470,14 +367,14 @@ def _check_packed_match(transformation: str, expected: Any, got: Any, *, expecte
                 f"(init with jopt.pack(params), or pass per-leaf {got_name})" if state else
                 f"the {got_name} are a jopt.Packed but {expected_name} are a per-leaf tree "
                 "(pack both with jopt.pack, or neither)")
-        raise TreeMismatchError(transformation, what, "", "a per-leaf tree", repr(got))
+        raise PackedMismatchError(transformation, what, "", "a per-leaf tree", repr(got))
     if exp_packed and not got_packed:
         what = (f"the {got_name} are a per-leaf tree but the state was built for a jopt.Packed "
                 f"(pass {got_name} packed with the same layout, such as gradients with respect "
                 "to the packed parameters, or init with per-leaf params)" if state else
                 f"the {got_name} are a per-leaf tree but {expected_name} are a jopt.Packed "
                 "(pack both with jopt.pack, or neither)")
-        raise TreeMismatchError(transformation, what, "", repr(expected), "a per-leaf tree")
+        raise PackedMismatchError(transformation, what, "", repr(expected), "a per-leaf tree")
     if not (exp_packed and got_packed):
         return
     a, b = expected.layout, got.layout
@@ -492,16 +389,16 @@ def _check_packed_match(transformation: str, expected: Any, got: Any, *, expecte
         missing = [p for p in a_paths if p not in b_paths]
         extra = [p for p in b_paths if p not in a_paths]
         if missing:
-            raise TreeMismatchError(
+            raise PackedMismatchError(
                 transformation, what, missing[0], f"a leaf ({leaf(a, a_paths[missing[0]])})",
                 "no leaf there" + (f" (extra leaf at {extra[0]})" if extra else ""))
         if extra:
-            raise TreeMismatchError(transformation, what, extra[0], "no leaf there",
+            raise PackedMismatchError(transformation, what, extra[0], "no leaf there",
                                     f"a leaf ({leaf(b, b_paths[extra[0]])})")
         return
     for i in range(a.num_leaves):
         if (a.shapes[i], a.dtypes[i]) != (b.shapes[i], b.dtypes[i]):
-            raise TreeMismatchError(transformation, what, _leaf_path(a, i), leaf(a, i),
+            raise PackedMismatchError(transformation, what, _leaf_path(a, i), leaf(a, i),
                                     leaf(b, i))
     for i in range(a.num_leaves):
         a_solo, b_solo = a.solo[a.group_of[i]], b.solo[b.group_of[i]]
@@ -509,6 +406,6 @@ def _check_packed_match(transformation: str, expected: Any, got: Any, *, expecte
             def where(solo: bool) -> str:
                 return "in a buffer of its own" if solo else "in a shared buffer"
 
-            raise TreeMismatchError(transformation, what, _leaf_path(a, i),
+            raise PackedMismatchError(transformation, what, _leaf_path(a, i),
                                     f"{leaf(a, i)} {where(a_solo)}",
                                     f"{leaf(b, i)} {where(b_solo)}")

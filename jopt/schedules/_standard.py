@@ -1,18 +1,13 @@
-"""Schedules as pytrees.
-
-A schedule maps the step counter (the number of updates applied so far, an int32 scalar; the
-unit is always *updates*, never epochs) to a float32 scalar. jopt's schedules are pytrees whose
-numbers are leaves: a schedule can sit in an optimizer state, be changed without recompiling,
-be batched by ``jax.vmap`` (a population of peak learning rates) and be checkpointed. Any plain
-callable ``count -> scalar`` (optax's schedules included) is accepted wherever a schedule is;
-its numbers are then static.
+"""The standard schedules (``constant``, ``linear``, ``cosine_decay``, ``warmup_cosine_decay``,
+``exponential_decay``, ``piecewise_constant``, ``join``), ``make_schedule`` and optax's
+spellings of them. See :mod:`jopt.schedules._core` for the rules every schedule follows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,192 +15,16 @@ import numpy as np
 
 from jopt._validate import as_state_scalar, check_real
 from jopt.errors import InvalidHyperparameterError
-
-__all__ = [
-    "Schedule",
-    "constant",
-    "linear",
-    "cosine_decay",
-    "warmup_cosine_decay",
-    "exponential_decay",
-    "piecewise_constant",
-    "join",
-    "make_schedule",
-    "constant_schedule",
-    "linear_schedule",
-    "cosine_decay_schedule",
-    "warmup_cosine_decay_schedule",
-    "join_schedules",
-    "piecewise_constant_schedule",
-]
-
-
-def _fmt_num(x: Any) -> str:
-    """Shortest readable form of a float32-stored number (``0.01``, not ``0.00999999977``)."""
-    return f"{x:.7g}" if isinstance(x, float) else repr(x)
-
-
-def _count_as(count: Any, like: Any = None) -> jax.Array:
-    """The step count as a float of the schedule's dtype (float32 unless given wider)."""
-    dtype = jnp.asarray(like).dtype if like is not None else jnp.float32
-    return jnp.asarray(count).astype(dtype)
-
-
-def _fmt_leaf(v: Any) -> str:
-    if isinstance(v, jax.core.Tracer):
-        return "<traced>"
-    if isinstance(v, (jax.Array, np.ndarray)):
-        a = np.asarray(v)
-        return _fmt_num(a.item()) if a.ndim == 0 else "[" + ", ".join(
-            _fmt_num(x) for x in a.reshape(-1).tolist()) + "]"
-    return repr(v)
-
-
-class Schedule:
-    """Base class of pytree schedules: ``schedule(count) -> float32 scalar``.
-
-    Subclasses list their numeric fields in ``_leaves`` (they become pytree leaves, stored as
-    arrays) and their structural fields in ``_static`` (part of the tree structure).
-    """
-
-    _leaves: ClassVar[tuple[str, ...]] = ()
-    _static: ClassVar[tuple[str, ...]] = ()
-    _name: ClassVar[str] = "schedule"
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-
-        def flatten_with_keys(s):
-            children = tuple(
-                (jax.tree_util.GetAttrKey(f), getattr(s, f)) for f in cls._leaves
-            )
-            return children, tuple(getattr(s, f) for f in cls._static)
-
-        def flatten(s):
-            return tuple(getattr(s, f) for f in cls._leaves), tuple(
-                getattr(s, f) for f in cls._static
-            )
-
-        def unflatten(aux, children):
-            obj = object.__new__(cls)
-            for f, v in zip(cls._leaves, children):
-                object.__setattr__(obj, f, v)
-            for f, v in zip(cls._static, aux):
-                object.__setattr__(obj, f, v)
-            return obj
-
-        jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
-
-    def __call__(self, count: Any) -> jax.Array:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{f}={_fmt_leaf(getattr(self, f))}" for f in self._leaves + self._static)
-        return f"{self._name}({args})"
-
-    def _key(self):
-        from jopt._base import _config_key
-
-        leaves, treedef = jax.tree_util.tree_flatten(self)
-        return (str(treedef), tuple(_config_key(x) for x in leaves))
-
-    def __eq__(self, other):
-        if type(self) is not type(other):
-            return NotImplemented
-        return self._key() == other._key()
-
-    def __hash__(self):
-        return hash(self._key())
-
-
-class CallableSchedule(Schedule):
-    """Wraps a plain callable ``count -> scalar`` (an optax schedule, say).
-
-    The callable is kept in the tree structure, not in the leaves, so the wrapper has no leaves
-    and its numbers are static: changing them means building a new schedule (and recompiling).
-    """
-
-    _static = ("fn",)
-    _name = "callable_schedule"
-
-    def __init__(self, fn: Callable[[Any], Any]):
-        object.__setattr__(self, "fn", fn)
-
-    def __call__(self, count):
-        return jnp.asarray(self.fn(count)).astype(jnp.float32)
-
-    def __repr__(self):
-        return f"callable_schedule({getattr(self.fn, '__name__', repr(self.fn))})"
-
-
-def as_schedule_or_scalar(transformation: str, name: str, value: Any, **range_kw):
-    """Normalises a hyperparameter that may be scheduled.
-
-    Returns a :class:`Schedule` (pytree schedules as given, plain callables wrapped) or a
-    float32 state array after range checks.
-    """
-    if isinstance(value, Schedule):
-        return value
-    if callable(value) and not isinstance(value, (jax.Array, np.ndarray)):
-        return CallableSchedule(value)
-    check_real(transformation, name, value, **range_kw)
-    return as_state_scalar(value)
-
-
-def evaluate(value: Any, count: Any) -> jax.Array:
-    """A scheduled value at ``count``, or the value itself if it is not a schedule."""
-    if isinstance(value, Schedule):
-        return value(count)
-    return value
-
-
-class OneMinus(Schedule):
-    """A constant close to 1 (Adam's ``b1``, ``b2``), stored as its complement ``1 - value``.
-
-    float32 cannot hold 0.999 exactly, and ``1 - float32(0.999)`` is 1.3e-5 off 0.001; the
-    small complement is what the moment updates and bias corrections use, so jopt stores that
-    (rounded once, from the double-precision value) and derives the value from it. Reading the
-    hyperparameter (:func:`jopt.get_hyperparams`) gives ``1 - complement``.
-    """
-
-    _leaves = ("complement",)
-    _name = "one_minus"
-
-    def __call__(self, count):
-        del count
-        return 1.0 - self.complement
-
-    @classmethod
-    def of(cls, value: Any) -> OneMinus:
-        """``OneMinus`` for ``value``: the complement is computed in double precision when
-        ``value`` is concrete, else (a traced value) in the value's own precision."""
-        if isinstance(value, OneMinus):
-            return value
-        if isinstance(value, jax.core.Tracer):
-            v = jnp.asarray(value)
-            dtype = v.dtype if jnp.issubdtype(v.dtype, jnp.floating) and v.dtype.itemsize >= 4 \
-                else jnp.float32
-            comp = 1.0 - v.astype(dtype)
-        else:
-            wide = np.dtype(getattr(value, "dtype", np.float32)) == np.float64
-            arr = 1.0 - np.asarray(value, dtype=np.float64)
-            # Rounded once from double precision; kept in float64 if given as float64.
-            comp = as_state_scalar(arr.astype(np.float64 if wide else np.float32))
-        return _make(cls, complement=comp)
-
-    def __repr__(self):
-        c = self.complement
-        if isinstance(c, jax.core.Tracer):
-            return "one_minus(<traced>)"
-        # A tree mapped to something else (dtypes, ShapeDtypeStructs, tuples) shows its leaf.
-        try:
-            a = np.asarray(c)
-        except Exception:  # noqa: BLE001 - any leaf that is not array-like
-            a = None
-        if a is None or a.dtype.kind not in "biuf":
-            return f"one_minus(complement={c!r})"
-        return (f"one_minus({_fmt_num(float(1.0 - a.astype(np.float64)))})"
-                if a.ndim == 0 else f"one_minus(complement={a.tolist()})")
+from jopt.schedules._core import (
+    CallableSchedule,
+    Schedule,
+    as_count,
+    as_step_field,
+    count_as_float,
+    fmt_leaf,
+    make,
+    since,
+)
 
 
 class Constant(Schedule):
@@ -232,23 +51,7 @@ def constant(value: float) -> Schedule:
       InvalidHyperparameterError: if ``value`` is not a finite real number.
     """
     check_real("constant", "value", value)
-    return _make(Constant, value=as_state_scalar(value))
-
-
-def _make(cls, **fields):
-    # All floating leaves share one dtype (float32, or float64 if any was given as float64
-    # with x64 enabled), so evaluation is clean under strict dtype promotion.
-    floats = [v for v in fields.values()
-              if isinstance(v, jax.Array) and jnp.issubdtype(v.dtype, jnp.floating)]
-    if floats:
-        wide = max((np.dtype(v.dtype) for v in floats), key=lambda d: d.itemsize)
-        fields = {k: (v.astype(wide) if isinstance(v, jax.Array)
-                      and jnp.issubdtype(v.dtype, jnp.floating) else v)
-                  for k, v in fields.items()}
-    obj = object.__new__(cls)
-    for k, v in fields.items():
-        object.__setattr__(obj, k, v)
-    return obj
+    return make(Constant, value=as_state_scalar(value))
 
 
 class Linear(Schedule):
@@ -258,9 +61,9 @@ class Linear(Schedule):
     _name = "linear"
 
     def __call__(self, count):
-        t = _count_as(count, self.init_value)
-        return _ramp(t - self.transition_begin, self.init_value, self.end_value,
-                     self.transition_steps)
+        t = since(count, self.transition_begin, self.init_value)
+        return _ramp(t, self.init_value, self.end_value,
+                     self.transition_steps.astype(t.dtype))
 
 
 def _ramp(t, start, end, steps):
@@ -308,12 +111,12 @@ def linear(
     check_real("linear", "end_value", end_value)
     check_real("linear", "transition_steps", transition_steps, lo=0, lo_open=True, integer=True)
     check_real("linear", "transition_begin", transition_begin, lo=0, integer=True)
-    return _make(
+    return make(
         Linear,
         init_value=as_state_scalar(init_value),
         end_value=as_state_scalar(end_value),
-        transition_steps=as_state_scalar(transition_steps),
-        transition_begin=as_state_scalar(transition_begin),
+        transition_steps=as_step_field(transition_steps),
+        transition_begin=as_step_field(transition_begin),
     )
 
 
@@ -334,8 +137,9 @@ class CosineDecay(Schedule):
     _name = "cosine_decay"
 
     def __call__(self, count):
-        t = _count_as(count, self.init_value)
-        return _cosine(t, self.init_value, self.decay_steps, self.alpha, self.exponent)
+        t = count_as_float(count, self.init_value)
+        return _cosine(t, self.init_value, self.decay_steps.astype(t.dtype), self.alpha,
+                       self.exponent)
 
 
 def cosine_decay(
@@ -365,10 +169,10 @@ def cosine_decay(
     check_real("cosine_decay", "decay_steps", decay_steps, lo=0, lo_open=True, integer=True)
     check_real("cosine_decay", "alpha", alpha, lo=0, hi=1)
     check_real("cosine_decay", "exponent", exponent, lo=0, lo_open=True)
-    return _make(
+    return make(
         CosineDecay,
         init_value=as_state_scalar(init_value),
-        decay_steps=as_state_scalar(decay_steps),
+        decay_steps=as_step_field(decay_steps),
         alpha=as_state_scalar(alpha),
         exponent=as_state_scalar(exponent),
     )
@@ -381,20 +185,25 @@ class WarmupCosineDecay(Schedule):
     _name = "warmup_cosine_decay"
 
     def __call__(self, count):
-        t = _count_as(count, self.init_value)
-        warm = _ramp(t, self.init_value, self.peak_value, self.warmup_steps)
+        t = count_as_float(count, self.init_value)
+        dtype = t.dtype
+        warmup = self.warmup_steps.astype(dtype)
+        warm = _ramp(t, self.init_value, self.peak_value, warmup)
         # The cosine part ends at end_value: a floor alpha = end / peak of the peak.
         nonzero = self.peak_value != 0
         alpha = jnp.where(nonzero, self.end_value / jnp.where(nonzero, self.peak_value, 1.0), 0.0)
-        steps = self.decay_steps - self.warmup_steps
-        decay = _cosine(t - self.warmup_steps, self.peak_value, steps, alpha, self.exponent)
+        # decay_steps == warmup_steps (a warm-up-only run) leaves no steps to decay over:
+        # _cosine then gives its end value, end_value, from the end of the warm-up on.
+        steps = (self.decay_steps - self.warmup_steps).astype(dtype)
+        after = since(count, self.warmup_steps, self.init_value)
+        decay = _cosine(after, self.peak_value, steps, alpha, self.exponent)
         # A zero peak has no alpha = end / peak: decay from 0 to end_value directly (optax's
         # form would stay at 0 and never reach end_value).
         one = jnp.ones_like(self.peak_value)
-        factor = _cosine(t - self.warmup_steps, one, steps, jnp.zeros_like(one), self.exponent)
+        factor = _cosine(after, one, steps, jnp.zeros_like(one), self.exponent)
         decay = jnp.where(nonzero, decay, (self.peak_value - self.end_value) * factor
                           + self.end_value)
-        return jnp.where(t < self.warmup_steps, warm, decay)
+        return jnp.where(after < 0, warm, decay)
 
 
 def warmup_cosine_decay(
@@ -429,7 +238,8 @@ def warmup_cosine_decay(
       init_value: value at step 0.
       peak_value: value at the end of warm-up.
       warmup_steps: ``W``, number of warm-up updates, >= 0.
-      decay_steps: ``T``, total length including warm-up, > ``warmup_steps``.
+      decay_steps: ``T``, total length including warm-up, >= ``warmup_steps``. Equal to it:
+        a warm-up-only schedule (a debugging run), ``end_value`` from step ``W`` on.
       end_value: final value. Default 0.
       exponent: power of the cosine factor, > 0. Default 1.
 
@@ -447,17 +257,17 @@ def warmup_cosine_decay(
     check_real(name, "decay_steps", decay_steps, lo=0, lo_open=True, integer=True)
     check_real(name, "exponent", exponent, lo=0, lo_open=True)
     if not any(isinstance(v, jax.core.Tracer) for v in (decay_steps, warmup_steps)):
-        if np.any(np.asarray(decay_steps, np.float64) <= np.asarray(warmup_steps, np.float64)):
+        if np.any(np.asarray(decay_steps, np.float64) < np.asarray(warmup_steps, np.float64)):
             raise InvalidHyperparameterError(
                 name, "decay_steps", decay_steps,
-                f"greater than warmup_steps={warmup_steps!r} (it counts the warm-up too)",
+                f"at least warmup_steps={warmup_steps!r} (it counts the warm-up too)",
             )
-    return _make(
+    return make(
         WarmupCosineDecay,
         init_value=as_state_scalar(init_value),
         peak_value=as_state_scalar(peak_value),
-        warmup_steps=as_state_scalar(warmup_steps),
-        decay_steps=as_state_scalar(decay_steps),
+        warmup_steps=as_step_field(warmup_steps),
+        decay_steps=as_step_field(decay_steps),
         end_value=as_state_scalar(end_value),
         exponent=as_state_scalar(exponent),
     )
@@ -471,15 +281,15 @@ class ExponentialDecay(Schedule):
     _name = "exponential_decay"
 
     def __call__(self, count):
-        t = _count_as(count, self.init_value)
-        x = jnp.maximum(t - self.transition_begin, 0.0)
-        p = x / jnp.where(self.transition_steps > 0, self.transition_steps, 1.0)
+        x = jnp.maximum(since(count, self.transition_begin, self.init_value), 0.0)
+        steps = self.transition_steps.astype(x.dtype)
+        p = x / jnp.where(steps > 0, steps, 1.0)
         if self.staircase:
             # XLA may turn division by a constant into multiplication by its reciprocal
             # (41 * (1/41) = 0.99999994); correct the floor by one in either direction.
             q = jnp.floor(p)
-            q = q + ((q + 1.0) * self.transition_steps <= x).astype(q.dtype)
-            p = q - (q * self.transition_steps > x).astype(q.dtype)
+            q = q + ((q + 1.0) * steps <= x).astype(q.dtype)
+            p = q - (q * steps > x).astype(q.dtype)
         v = self.init_value * self.decay_rate**p
         if self.has_end_value:
             v = jnp.where(self.decay_rate < 1.0, jnp.maximum(v, self.end_value),
@@ -488,7 +298,7 @@ class ExponentialDecay(Schedule):
 
     def __repr__(self):
         def n(x):
-            return _fmt_leaf(x)
+            return fmt_leaf(x)
 
         end = n(self.end_value) if self.has_end_value else "None"
         return (
@@ -538,27 +348,36 @@ def exponential_decay(
         check_real(name, "end_value", end_value)
     if not isinstance(staircase, (bool, np.bool_)):
         raise InvalidHyperparameterError(name, "staircase", staircase, "a bool")
-    return _make(
+    return make(
         ExponentialDecay,
         init_value=as_state_scalar(init_value),
-        transition_steps=as_state_scalar(transition_steps),
+        transition_steps=as_step_field(transition_steps),
         decay_rate=as_state_scalar(decay_rate),
-        transition_begin=as_state_scalar(transition_begin),
+        transition_begin=as_step_field(transition_begin),
         end_value=as_state_scalar(0.0 if end_value is None else end_value),
         staircase=bool(staircase),
         has_end_value=end_value is not None,
     )
 
 
-def _check_boundaries(name: str, boundaries: Sequence[int]) -> jax.Array:
+def _check_boundaries(name: str, boundaries: Sequence[int], *, strict: bool = True) -> jax.Array:
     if isinstance(boundaries, (str, bytes)) or not hasattr(boundaries, "__iter__"):
         raise InvalidHyperparameterError(name, "boundaries", boundaries, "a sequence of integers")
     bounds = list(boundaries)
     for b in bounds:
         check_real(name, "boundaries", b, lo=0, integer=True)
-    if any(b1 >= b2 for b1, b2 in zip(bounds, bounds[1:])):
+    if strict and any(b1 >= b2 for b1, b2 in zip(bounds, bounds[1:])):
         raise InvalidHyperparameterError(name, "boundaries", boundaries, "strictly increasing")
+    if not strict and any(b1 > b2 for b1, b2 in zip(bounds, bounds[1:])):
+        raise InvalidHyperparameterError(name, "boundaries", boundaries,
+                                         "non-decreasing (repeated boundaries are allowed)")
     return jnp.asarray(bounds, dtype=jnp.int32).reshape(len(bounds))
+
+
+def _reached(count: Any, boundaries: jax.Array) -> jax.Array:
+    """How many boundaries ``count`` has reached (``count >= b``), in the count's arithmetic."""
+    c = as_count(count)
+    return jnp.sum((c >= boundaries.astype(c.dtype)).astype(jnp.int32))
 
 
 class PiecewiseConstant(Schedule):
@@ -568,8 +387,7 @@ class PiecewiseConstant(Schedule):
     _name = "piecewise_constant"
 
     def __call__(self, count):
-        idx = jnp.sum((jnp.asarray(count) >= self.boundaries).astype(jnp.int32))
-        return self.values[idx]
+        return self.values[_reached(count, self.boundaries)]
 
 
 def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
@@ -602,7 +420,7 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
         )
     for v in values:
         check_real(name, "values", v)
-    return _make(PiecewiseConstant, boundaries=b, values=jnp.asarray(values, jnp.float32))
+    return make(PiecewiseConstant, boundaries=b, values=jnp.asarray(values, jnp.float32))
 
 
 class Join(Schedule):
@@ -612,36 +430,40 @@ class Join(Schedule):
     _name = "join"
 
     def __call__(self, count):
-        count = jnp.asarray(count)
-        idx = jnp.sum((count >= self.boundaries).astype(jnp.int32))
+        count = as_count(count)
+        # The last piece whose boundary is <= count is active (with repeated boundaries the
+        # pieces between them are empty and never used); it sees count - its boundary.
+        idx = _reached(count, self.boundaries)
         starts = jnp.concatenate([jnp.zeros([1], jnp.int32), self.boundaries])
-        start = starts[idx]
+        start = starts[idx].astype(count.dtype)
         outs = jnp.stack([jnp.asarray(s(count - start)).astype(jnp.float32)
                           for s in self.schedules])
         return outs[idx]
 
     def __repr__(self):
-        return f"join(schedules={list(self.schedules)!r}, boundaries={_fmt_leaf(self.boundaries)})"
+        return f"join(schedules={list(self.schedules)!r}, boundaries={fmt_leaf(self.boundaries)})"
 
 
 def join(schedules: Sequence[Any], boundaries: Sequence[int]) -> Schedule:
     """Runs ``schedules[i]`` between ``boundaries[i-1]`` and ``boundaries[i]``.
 
     Each schedule sees the count relative to its own start: after boundary ``b``, the next
-    schedule is called with ``t - b``.
+    schedule is called with ``t - b``. At step ``t`` the active schedule is the last one whose
+    boundary is ``<= t``; a repeated boundary makes an empty piece that is never used (as
+    torch's ``SequentialLR`` allows), so pieces can be switched off by moving boundaries.
 
     Args:
       schedules: pytree schedules or plain callables, ``len(boundaries) + 1`` of them.
-      boundaries: strictly increasing update counts, each >= 0.
+      boundaries: non-decreasing update counts, each >= 0.
 
     Returns:
       A pytree :class:`Schedule`.
 
     Raises:
-      InvalidHyperparameterError: if the lengths disagree or boundaries are not increasing.
+      InvalidHyperparameterError: if the lengths disagree or boundaries decrease.
     """
     name = "join"
-    b = _check_boundaries(name, boundaries)
+    b = _check_boundaries(name, boundaries, strict=False)
     if not hasattr(schedules, "__iter__"):
         raise InvalidHyperparameterError(name, "schedules", schedules, "a sequence of schedules")
     scheds = []
@@ -656,7 +478,7 @@ def join(schedules: Sequence[Any], boundaries: Sequence[int]) -> Schedule:
         raise InvalidHyperparameterError(
             name, "schedules", schedules, f"len(boundaries) + 1 = {b.shape[0] + 1} schedules"
         )
-    return _make(Join, schedules=tuple(scheds), boundaries=b)
+    return make(Join, schedules=tuple(scheds), boundaries=b)
 
 
 def piecewise_constant_schedule(
