@@ -216,7 +216,7 @@ _NU = Slot("nu", option="nu_dtype", fallback="mu_dtype", real=True, nonnegative=
 
 @transformation(kind="elementwise", hyperparams=ADAM_HYPERPARAMS, slots=[_MU, _NU],
                 examples={"": {}, "nesterov": {"nesterov": True, "eps_root": 1e-12},
-                          "8bit_mu": {"mu_dtype": Blockwise8bit(block_size=4, min_size=0)}})
+                          "8bit_mu": {"mu_dtype": Blockwise8bit(min_size=0)}})
 def scale_by_adam(
     b1: Any = 0.9,
     b2: Any = 0.999,
@@ -288,7 +288,7 @@ def scale_by_adam(
                 slots=[dataclasses.replace(_MU, option=None),
                        dataclasses.replace(_NU, option=None, fallback=None)],
                 state="ScaleByAdam8bitState",
-                examples={"": {"min_8bit_size": 0}, "small_blocks": {"block_size": 4}})
+                examples={"": {"min_8bit_size": 0}})
 def scale_by_adam_8bit(
     b1: Any = 0.9,
     b2: Any = 0.999,

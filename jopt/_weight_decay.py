@@ -25,8 +25,7 @@ def _decay_rule(g, *, param, weight_decay, mask=True):
                 mask="mask",
                 examples={"": {"weight_decay": 1e-2},
                           "mask": lambda jopt: jopt.add_decayed_weights(
-                              jopt.linear(1e-2, 0.0, 50),
-                              mask=lambda p: jopt._tree.matrices_mask(p))})
+                              jopt.linear(1e-2, 0.0, 50), mask=jopt._tree.matrices_mask)})
 def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> GradientTransformation:
     """Adds ``weight_decay * params`` to the updates (decoupled weight decay).
 

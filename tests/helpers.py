@@ -83,36 +83,22 @@ def matrices_only(params):
     return jax.tree_util.tree_map(lambda x: x.ndim > 1, params)
 
 
-# Every public transformation, built with its defaults or a typical configuration.
-# (id, factory, is_optimizer): optimizers include the learning-rate step and must descend.
-REGISTRY = [
-    ("identity", lambda: jopt.identity(), False),
-    ("scale", lambda: jopt.scale(0.5), False),
-    ("scale_by_learning_rate", lambda: jopt.scale_by_learning_rate(0.1), True),
-    ("scale_by_learning_rate_schedule",
-     lambda: jopt.scale_by_learning_rate(jopt.cosine_decay(0.1, 100)), True),
-    ("scale_by_adam", lambda: jopt.scale_by_adam(), False),
-    ("scale_by_adam_nesterov", lambda: jopt.scale_by_adam(nesterov=True, eps_root=1e-12), False),
-    ("trace", lambda: jopt.trace(0.9), False),
-    ("trace_nesterov", lambda: jopt.trace(0.9, nesterov=True), False),
-    ("add_decayed_weights", lambda: jopt.add_decayed_weights(1e-2), False),
-    ("add_decayed_weights_mask",
-     lambda: jopt.add_decayed_weights(jopt.linear(1e-2, 0.0, 50), mask=matrices_only),
-     False),
-    ("clip", lambda: jopt.clip(0.5), False),
-    ("clip_by_global_norm", lambda: jopt.clip_by_global_norm(1.0), False),
-    ("chain", lambda: jopt.chain(jopt.clip_by_global_norm(1.0), jopt.scale_by_adam(),
-                                 jopt.scale_by_learning_rate(0.05)), True),
-    ("named_chain", lambda: jopt.named_chain(("clip", jopt.clip(1.0)),
-                                             ("sgd", jopt.sgd(0.05, momentum=0.9))), True),
-    ("sgd", lambda: jopt.sgd(0.05), True),
-    ("sgd_momentum", lambda: jopt.sgd(0.05, momentum=0.9), True),
-    ("sgd_nesterov", lambda: jopt.sgd(0.05, momentum=0.9, nesterov=True), True),
-    ("adam", lambda: jopt.adam(0.05), True),
-    ("adam_nesterov", lambda: jopt.adam(0.05, nesterov=True), True),
-    ("adamw", lambda: jopt.adamw(0.05, weight_decay=1e-3), True),
-    ("adam_8bit", lambda: jopt.adam_8bit(0.05, min_8bit_size=0, block_size=4), True),
-    ("adamw_schedule",
-     lambda: jopt.adamw(jopt.warmup_cosine_decay(0.0, 0.05, 10, 200), weight_decay=1e-3), True),
-]
+def _collect_registry():
+    """Every public transformation, in the configurations its declaration lists (each factory
+    registers itself with examples: jopt._declare.REGISTRY). (id, factory, is_optimizer):
+    optimizers include the learning-rate step and must descend. Transformations whose update
+    needs the loss (value=) are listed apart, in VALUE_REGISTRY."""
+    from jopt._declare import REGISTRY as declared
+
+    plain, with_value = [], []
+    for name in sorted(declared):
+        entry = declared[name]
+        for ident, build in entry.builders():
+            (with_value if entry.needs_value else plain).append((ident, build, entry.descends))
+    ids = [r[0] for r in plain + with_value]
+    assert len(ids) == len(set(ids)), ids
+    return plain, with_value
+
+
+REGISTRY, VALUE_REGISTRY = _collect_registry()
 REGISTRY_IDS = [r[0] for r in REGISTRY]

@@ -76,6 +76,10 @@ def test_no_parameter_sized_temporary(name, factory, layout):
     bound = 0.02
     if "8bit" in name:
         bound = 1.6 if layout == "packed" else 0.6
+    if name.startswith("flatten") and layout == "tree":
+        # jopt.flatten packs gradients (and parameters, for weight decay) into its buffers:
+        # its documented temporaries (test_flatten_temporaries_are_the_documented_ones).
+        bound = 2.02
     assert temp < bound * _nbytes(params), (name, temp, _nbytes(params))
 
 

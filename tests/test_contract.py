@@ -128,9 +128,9 @@ def test_repr_and_equality(name, factory, _):
     a, b = factory(), factory()
     assert a == b and hash(a) == hash(b)
     assert repr(a) == repr(b)
-    assert repr(a).split("(")[0] in (name, name.split("_")[0], "chain", "named_chain",
-                                     "scale_by_learning_rate", "scale_by_adam", "add_decayed_weights",
-                                     "trace", "clip_by_global_norm", "sgd", "adam", "adamw")
+    # The repr names the factory that built it (the registry id is the factory's name, or the
+    # factory's name and the example's suffix).
+    assert name.startswith(repr(a).split("(")[0]) or repr(a).startswith(name.split("_")[0])
     # optax-style tuple unpacking still works.
     init, update = a
     assert init is a.init and update is a.update

@@ -92,7 +92,7 @@ _unpack = jax.jit(jopt.unpack)
 
 def _view(tree):
     """``tree`` with every Packed value unpacked; a FlattenState reduced to its inner state."""
-    if isinstance(tree, jopt.FlattenState):
+    while isinstance(tree, jopt.FlattenState):  # flatten(flatten(tx)) too
         tree = tree.inner
     return jax.tree_util.tree_map(lambda x: _unpack(x) if _is_packed(x) else x, tree,
                                   is_leaf=_is_packed)
