@@ -434,7 +434,7 @@ def bench_digits_8bit(args: argparse.Namespace) -> dict:
     import io
     import tempfile
 
-    from jopt import _cli
+    from jopt import cli as _cli
 
     row: dict[str, Any] = {"case": "digits_8bit", "optimizer": "adamw", "test_accuracy": {},
                            "epochs": {}}

@@ -1,8 +1,8 @@
-"""``python -m jopt``: the ``jopt`` console program (see :mod:`jopt._cli`)."""
+"""``python -m jopt``: the ``jopt`` console program (see :mod:`jopt.cli`)."""
 
 import sys
 
-from jopt._cli import main
+from jopt.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

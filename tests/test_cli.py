@@ -1,4 +1,4 @@
-"""Tests of the ``jopt train`` console program (jopt/_cli.py).
+"""Tests of the ``jopt train`` console program (jopt/cli/).
 
 Runs call ``main([...])`` in-process (one compile cache, fast) with ``--out`` under
 ``tmp_path``; one test runs ``python -m jopt`` in a subprocess.
@@ -17,7 +17,7 @@ import tqdm  # noqa: E402,F401
 from helpers import strict_json  # noqa: E402
 
 import jopt  # noqa: E402
-from jopt._cli import main  # noqa: E402
+from jopt.cli import main  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
