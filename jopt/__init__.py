@@ -4,13 +4,16 @@ Pure ``(init, update)`` gradient transformations composed with :func:`chain`, wh
 hyperparameters live in the optimizer state as arrays (the design contract is
 ``docs/design.md`` in the repository; ``CONTRIBUTING.md`` explains how a transformation is
 declared). Every public name is re-exported here; namespaces: :mod:`jopt.schedules`,
-:mod:`jopt.errors`, :mod:`jopt.contrib`, :mod:`jopt.experimental` and :mod:`jopt.cli`.
+:mod:`jopt.errors`, :mod:`jopt.contrib`, :mod:`jopt.tune`, :mod:`jopt.parallel`,
+:mod:`jopt.experimental` and :mod:`jopt.cli` (the console program).
 """
 
 from jopt import contrib as contrib
 from jopt import errors as errors
 from jopt import experimental as experimental
+from jopt import parallel as parallel
 from jopt import schedules as schedules
+from jopt import tune as tune
 from jopt._aliases import adam as adam
 from jopt._aliases import adam_8bit as adam_8bit
 from jopt._aliases import adamw as adamw
@@ -146,6 +149,7 @@ __all__ = [
     "make_schedule",
     "named_chain",
     "pack",
+    "parallel",
     "piecewise_constant",
     "piecewise_constant_schedule",
     "population_status",
@@ -164,6 +168,7 @@ __all__ = [
     "stop_reason",
     "to_optax",
     "trace",
+    "tune",
     "unpack",
     "warmup_cosine_decay",
     "warmup_cosine_decay_schedule",

@@ -8,8 +8,8 @@ from typing import Any
 from jopt import _tree
 from jopt._base import KINDS, GradientTransformation, is_gradient_transformation
 from jopt._config import config_key
-from jopt._declare import register
 from jopt._layout import Packed
+from jopt._registry import register
 from jopt.errors import (
     InvalidHyperparameterError,
     LayoutError,

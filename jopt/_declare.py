@@ -18,7 +18,8 @@ scalars. The decorator builds everything else, once for every transformation:
 
 Named optimizers (``adamw``) are short chains of blocks under :func:`optimizer`, which names
 and configures them from their own signature. Hand-written wrappers and combinators register
-with :func:`register` and use the same pieces (checks, placement, configuration keys).
+with :func:`jopt._registry.register` and use the same pieces (checks, placement,
+configuration keys).
 
 See ``CONTRIBUTING.md`` for a worked example.
 """
@@ -36,16 +37,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt import _codecs, _tree
+from jopt import _codecs, _registry, _tree
 from jopt._base import KINDS, EmptyState, GradientTransformation, fresh
-from jopt._checks import check_match, check_state_type, check_updates, require_params
+from jopt._checks import check_state_type, check_updates, require_params
 from jopt._config import config_key
 from jopt._hyper import Hyper, current
 from jopt._layout import Packed
+from jopt._masks import check_mask_option, resolve_mask
 from jopt._quantize import QuantizedArray
 from jopt.errors import InvalidHyperparameterError, TreeMismatchError
 
-__all__ = ["Slot", "Rule", "transformation", "optimizer", "register", "REGISTRY"]
+__all__ = ["Slot", "Rule", "transformation", "optimizer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,60 +105,6 @@ class Rule:
     prep: Callable[..., dict[str, Any]] | None = None
     storage: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     real: tuple[str, ...] = ()
-
-
-# ------------------------------------------------------------------------------ registry
-
-
-@dataclasses.dataclass
-class Entry:
-    """A public factory and the configurations the conformance tests build it with.
-
-    ``examples`` maps an id suffix to either a dict of keyword arguments for the factory or a
-    callable ``jopt -> transformation``. ``descends``: the transformation includes the
-    learning rate (an optimizer), so it must descend on its own. ``needs_value``: ``update``
-    needs the loss (``value=``).
-    """
-
-    name: str
-    factory: Callable[..., Any]
-    examples: dict[str, Any]
-    descends: bool = False
-    needs_value: bool = False
-
-    def builders(self) -> list[tuple[str, Callable[[], Any]]]:
-        import jopt
-
-        out = []
-        for suffix, ex in self.examples.items():
-            ident = self.name + (f"_{suffix}" if suffix else "")
-            if callable(ex):
-                out.append((ident, functools.partial(ex, jopt)))
-            else:
-                out.append((ident, functools.partial(self.factory, **dict(ex))))
-        return out
-
-
-REGISTRY: dict[str, Entry] = {}
-
-
-def _register(name: str, factory: Callable, examples: Any, descends: bool,
-              needs_value: bool) -> None:
-    if examples is None:
-        examples = {"": {}}
-    REGISTRY[name] = Entry(name, factory, dict(examples), descends, needs_value)
-
-
-def register(*, examples: Mapping[str, Any], descends: bool = False,
-             needs_value: bool = False) -> Callable:
-    """Registers a hand-written factory (a wrapper, a combinator) with the configurations the
-    conformance tests build it with (see :class:`Entry`)."""
-
-    def wrap(factory):
-        _register(factory.__name__, factory, examples, descends, needs_value)
-        return factory
-
-    return wrap
 
 
 # ------------------------------------------------------------------ optax inject detection
@@ -235,49 +183,6 @@ def _names_of(fn: Callable) -> tuple[set[str], bool]:
     names = {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY,
                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)}
     return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
-def _is_static_bool(leaf: Any) -> bool:
-    if isinstance(leaf, (bool, np.bool_)):
-        return True
-    return (isinstance(leaf, (np.ndarray, jax.Array)) and not isinstance(leaf, jax.core.Tracer)
-            and np.ndim(leaf) == 0 and np.asarray(leaf).dtype == np.bool_)
-
-
-def resolve_mask(name: str, mask: Any, params: Any) -> Any:
-    """The boolean mask tree for ``params`` (``None``: every leaf is selected).
-
-    For packed parameters (:class:`jopt.Packed`) the mask refers to the original tree; it is
-    returned as a :class:`jopt.Packed` of per-buffer masks (a Python bool for a buffer whose
-    leaves agree, else a boolean array marking each leaf's elements).
-    """
-    if mask is None:
-        return None
-    if isinstance(params, Packed):
-        per_leaf = jax.tree_util.tree_leaves(resolve_mask(name, mask, params.unpack()))
-        return Packed(params.layout.expand(per_leaf, jnp.bool_), params.layout)
-    tree = mask(params) if callable(mask) else mask
-    check_match(name, params, tree, expected_name="the parameters", got_name="mask",
-                shapes=False)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    out = []
-    for path, leaf in leaves:
-        if not _is_static_bool(leaf):
-            raise TreeMismatchError(
-                name, "mask leaves must be booleans known at trace time",
-                jax.tree_util.keystr(path), "True or False (Python, NumPy or a concrete 0-d array)",
-                repr(leaf),
-            )
-        out.append(bool(leaf))
-    return treedef.unflatten(out)
-
-
-def _check_mask_option(name: str, arg: str, mask: Any) -> None:
-    if mask is not None and not callable(mask):
-        leaves = jax.tree_util.tree_leaves(mask)
-        if not all(_is_static_bool(x) for x in leaves):
-            raise InvalidHyperparameterError(
-                name, arg, mask, "None, a tree of Python bools or a callable params -> tree")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -561,7 +466,7 @@ def transformation(*, kind: str, hyperparams: Mapping[str, Hyper] | None = None,
             stored = {h: decl.hyperparams[h].store(name, h, arguments[h]) for h in hyperparams}
             _bool_options(name, sig, bound)
             if mask is not None:
-                _check_mask_option(name, mask, arguments[mask])
+                check_mask_option(name, mask, arguments[mask])
             options = {}
             for slot in slots:
                 for opt in (slot.option, slot.fallback):
@@ -599,7 +504,7 @@ def transformation(*, kind: str, hyperparams: Mapping[str, Hyper] | None = None,
 
         build.State = state_cls
         build.declaration = decl
-        _register(name, build, examples, descends, False)
+        _registry.add(name, build, examples, descends, False)
         return build
 
     return wrap
@@ -647,7 +552,7 @@ def optimizer(*, examples: Mapping[str, Any] | None = None, descends: bool = Tru
                 kind="combinator", links=(tx,))
 
         build.renames = dict(renames or {})
-        _register(name, build, examples, descends, False)
+        _registry.add(name, build, examples, descends, False)
         return build
 
     return wrap

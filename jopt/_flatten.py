@@ -12,8 +12,9 @@ from jopt._base import GradientTransformation, is_gradient_transformation
 from jopt._chain import check_packed_ok
 from jopt._checks import check_state_type
 from jopt._config import config_key
-from jopt._declare import register, with_plain_arrays
+from jopt._declare import with_plain_arrays
 from jopt._layout import Layout, Packed
+from jopt._registry import register
 from jopt.errors import InvalidHyperparameterError
 
 

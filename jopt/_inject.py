@@ -20,7 +20,7 @@ import numpy as np
 from jopt import _hyperparams, _tree
 from jopt._base import GradientTransformation
 from jopt._checks import check_state_type
-from jopt._declare import register
+from jopt._registry import register
 from jopt.errors import AmbiguousKeyError, InvalidHyperparameterError
 from jopt.schedules._core import OneMinus, Schedule
 

@@ -13,8 +13,9 @@ from jopt import _plateau, _tree
 from jopt._base import GradientTransformation, fresh
 from jopt._checks import check_match, check_state_type, check_updates
 from jopt._config import config_key
-from jopt._declare import register, with_plain_arrays
+from jopt._declare import with_plain_arrays
 from jopt._early_stopping import Status, _status, is_stopped
+from jopt._registry import register
 from jopt._tree import safe_increment
 from jopt.errors import InvalidHyperparameterError, InvalidMetricError, TreeMismatchError
 

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 from jopt._base import EmptyState, GradientTransformation
 from jopt._checks import check_state_type, check_updates
 from jopt._codecs import Blockwise8bit
-from jopt._declare import Rule, Slot, register, transformation
+from jopt._declare import Rule, Slot, transformation
 from jopt._hyper import Hyper
+from jopt._registry import register
 from jopt._tree import abs_sq, safe_increment, unwrap_variables
 
 UNIT_OPEN = "[0, 1)"

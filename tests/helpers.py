@@ -88,12 +88,12 @@ def _collect_registry():
     registers itself with examples: jopt._declare.REGISTRY). (id, factory, is_optimizer):
     optimizers include the learning-rate step and must descend. Transformations whose update
     needs the loss (value=) are listed apart, in VALUE_REGISTRY."""
-    from jopt._declare import REGISTRY as declared
+    from jopt._registry import REGISTRY as declared
 
     plain, with_value = [], []
     for name in sorted(declared):
         entry = declared[name]
-        for ident, build in entry.builders():
+        for ident, build in entry.builders(jopt):
             (with_value if entry.needs_value else plain).append((ident, build, entry.descends))
     ids = [r[0] for r in plain + with_value]
     assert len(ids) == len(set(ids)), ids

@@ -277,7 +277,7 @@ def test_mask_decays_exactly_the_masked_leaves():
 
 
 def test_mask_resolved_per_buffer():
-    from jopt._declare import resolve_mask as _resolve_mask
+    from jopt._masks import resolve_mask as _resolve_mask
 
     params = _mixed_params()
     pk = jopt.pack(params)
