@@ -251,11 +251,7 @@ class _Transformation:
 
     def _update(self, updates, state, params=None, **extra_args):
         decl = self.decl
-        if decl.state is None:
-            check_state_type(decl.name, state, EmptyState)
-            updates, params = check_updates(decl.name, updates, None, params)
-            return self._apply(updates, state, params, extra_args, count=None)[0], state
-        check_state_type(decl.name, state, decl.state)
+        check_state_type(decl.name, state, decl.state or EmptyState)
         if decl.params:
             require_params(decl.name, params)
         if self.per_leaf and isinstance(updates, Packed):
@@ -265,6 +261,9 @@ class _Transformation:
             u, new_state = self._update(updates.unpack(), state, tree_params, **extra_args)
             return updates.layout.pack(u, what="updates", transformation=decl.name,
                                        dtypes=False), new_state
+        if decl.state is None:
+            updates, params = check_updates(decl.name, updates, None, params)
+            return self._apply(updates, state, params, extra_args, count=None)[0], state
         reference = self._reference(state)
         updates, params = check_updates(decl.name, updates, reference, params)
         count = state.count
