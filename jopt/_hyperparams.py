@@ -94,6 +94,14 @@ def _find(state: Any, function: str) -> list[_Entry]:
     return entries
 
 
+class _Everything(frozenset):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_ALL = _Everything()
+
+
 def _collect(tree: Any, prefix: tuple[str, ...], out: list[_Entry], function: str,
              shadow: frozenset) -> None:
     found, _ = jax.tree_util.tree_flatten_with_path(
@@ -104,8 +112,9 @@ def _collect(tree: Any, prefix: tuple[str, ...], out: list[_Entry], function: st
             raise TreeMismatchError(
                 function, "the state holds hyperparameters in plain containers (a checkpoint "
                 "restored without its structure?)", jax.tree_util.keystr(path),
-                "the state type tx.init builds: restore with a target, e.g. orbax's "
-                "restore(path, args=StandardRestore(jax.eval_shape(tx.init, params)))",
+                "the state type tx.init builds: restore the checkpoint with the abstract state "
+                "as its target, e.g. orbax's checkpointer.restore(path, "
+                "jax.eval_shape(tx.init, params))",
                 f"a {type(node).__name__} with keys {sorted(node)}")
         if _is_inject(node):
             names = frozenset(node.hyperparams)
@@ -127,8 +136,9 @@ def _collect(tree: Any, prefix: tuple[str, ...], out: list[_Entry], function: st
                 out.append(_Entry(segs, name, node, "optax"))
             inner = getattr(node, "inner_state", None)
             if inner is not None:
-                _collect(inner, segs + ("inner_state",), out, function,
-                         shadow | frozenset(node.hyperparams))
+                # A jopt transformation built by optax's inject_hyperparams uses the values
+                # optax passes at every step: its state's copies never take effect.
+                _collect(inner, segs + ("inner_state",), out, function, _ALL)
 
 
 def _display_keys(entries: list[_Entry]) -> list[str]:
@@ -138,7 +148,8 @@ def _display_keys(entries: list[_Entry]) -> list[str]:
     return [e.name if counts[e.name] == 1 else e.canonical for e in entries]
 
 
-def _resolve(function: str, key: Any, entries: list[_Entry], display: list[str]) -> int:
+def _resolve(function: str, key: Any, entries: list[_Entry], display: list[str],
+             state: Any = None, new: Any = None) -> int:
     """The index of the entry ``key`` names: a listed key, a canonical key, or an
     unambiguous end of canonical keys (``"2/learning_rate"``, ``"learning_rate"``)."""
     if not isinstance(key, str):
@@ -153,8 +164,24 @@ def _resolve(function: str, key: Any, entries: list[_Entry], display: list[str])
         return matches[0]
     if len(matches) > 1:
         raise AmbiguousKeyError(function, key, [canon[i] for i in matches])
+    if state is not None and key.rpartition("/")[2] in _optax_scheduled(state):
+        raise InvalidHyperparameterError(
+            function, key, new,
+            "a value optax's inject_hyperparams does not schedule (it keeps this schedule in "
+            "a closure and overwrites the state's copy at the next update; rebuild the "
+            "transformation with the new schedule, or use jopt.inject_hyperparams, whose "
+            "schedules live in the state)")
     raise InvalidHyperparameterError(
         function, "key", key, f"one of {sorted(display) or '(none in this state)'}")
+
+
+def _optax_scheduled(state: Any) -> set[str]:
+    names: set[str] = set()
+    found = jax.tree_util.tree_leaves(state, is_leaf=_is_foreign_holder)
+    for node in found:
+        if _is_foreign_holder(node):
+            names |= set(getattr(node, "hyperparams_states", None) or {})
+    return names
 
 
 class Hyperparams(dict):
@@ -327,7 +354,7 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
     changes: dict[str, Any] = {}
     chosen: dict[str, str] = {}
     for key, new in updates.items():
-        e = entries[_resolve(function, key, entries, display)]
+        e = entries[_resolve(function, key, entries, display, pure, new)]
         if e.canonical in chosen:
             raise InvalidHyperparameterError(
                 function, "key", key, f"given once (it names {e.canonical!r}, like "

@@ -94,13 +94,14 @@ class AmbiguousKeyError(InvalidHyperparameterError, KeyError):
 
     def __init__(self, transformation: str, key: str, candidates: list[str]):
         self.candidates = list(candidates)
-        super().__init__(
-            transformation, "key", key,
-            f"one full key, since {key!r} names several hyperparameters: "
-            f"{', '.join(repr(c) for c in self.candidates)}")
+        super().__init__(transformation, "key", key, "unambiguous")
+        self.message = (
+            f"{transformation}: key {key!r} is ambiguous: it names {len(self.candidates)} "
+            f"hyperparameters ({', '.join(repr(c) for c in self.candidates)}); use one of "
+            "these full keys.")
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return Exception.__str__(self)
+        return self.message
 
 
 class TreeMismatchError(InvalidArgumentError):
