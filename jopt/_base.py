@@ -363,5 +363,5 @@ def _sum_dtype(p: np.dtype, u: np.dtype) -> np.dtype:
     bfloat16), the type JAX promotes them to (float32), so neither is rounded first."""
     if (p != u and p.itemsize == u.itemsize and jnp.issubdtype(p, jnp.floating)
             and jnp.issubdtype(u, jnp.floating)):
-        return np.dtype(jnp.promote_types(p, u))
+        return np.dtype(np.float32 if p.itemsize < 4 else np.float64)
     return _tree.wider(p, u)

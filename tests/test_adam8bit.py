@@ -875,3 +875,57 @@ def test_sharded_parameters_compile_at_most_once_more():
     plain, _ = run({"w": w})
     assert n_compiled <= 2
     np.testing.assert_array_equal(np.asarray(sharded["w"]), np.asarray(plain["w"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Adversarial regressions: NaN in large leaves, a huge finite gradient followed by decay.
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_nan_gradient_in_a_large_leaf_stays_nan(chunked):
+    # XLA:CPU's max reduction over a (16, 256) array lost the NaN: after a NaN gradient the
+    # 8-bit first moment held 0.11 where adam holds NaN.
+    params = {"w": jnp.zeros((64, 64))}  # 4096 elements, two blocks of 2048
+    tx = jopt.scale_by_adam_8bit()
+    ref = jopt.scale_by_adam()
+    g = {"w": jnp.ones((64, 64)).at[3, 5].set(jnp.nan)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_codecs, "CPU_CHUNK", 2048 if chunked else 4097)
+        if not chunked:
+            mp.setattr(_codecs, "_step_chunked",
+                       lambda g, leaves, param, kw, *, call, meta, cpu_chunk:
+                       _codecs._step_whole(g, leaves, param, kw, call=call, meta=meta))
+        _, s = jax.jit(tx.update)(g, tx.init(params))
+    _, r = ref.update(g, ref.init(params))
+    mu = np.asarray(jopt.dequantize_blockwise(s.mu["w"]))
+    assert np.isnan(mu[3, 5]) and np.isnan(np.asarray(r.mu["w"])[3, 5])
+    # The NaN poisons its block (the first 2048 elements), not the other one.
+    assert np.isnan(mu.reshape(-1)[:2048]).all() and np.isfinite(mu.reshape(-1)[2048:]).all()
+
+
+def test_huge_finite_gradient_then_decay_keeps_the_update_at_zero():
+    # One gradient of 1e30 (g**2 overflows float32) late in training (step 3003, where the
+    # bias correction no longer overflows v_hat), then normal gradients: the saturated second
+    # moment used to decay, and tens of steps later that element's update reached 3e7.
+    # float32 Adam keeps v = inf there, so its update stays 0; so does 8-bit Adam now.
+    rng = np.random.default_rng(6)
+    tx = jopt.scale_by_adam_8bit(min_8bit_size=0, block_size=64)
+    ref = jopt.scale_by_adam()
+    params = jnp.zeros(256)
+    s, r = tx.init(params), ref.init(params)
+    s, r = s._replace(count=jnp.int32(3000)), r._replace(count=jnp.int32(3000))
+    step, ref_step = jax.jit(tx.update), jax.jit(ref.update)
+    worst = 0.0
+    for t in range(80):
+        g = jnp.asarray(rng.normal(size=256), jnp.float32)
+        if t == 3:
+            g = g.at[10].set(1e30)
+        u, s = step(g, s)
+        ru, r = ref_step(g, r)
+        assert float(ru[10]) == 0.0 or t < 3
+        if t >= 3:
+            worst = max(worst, abs(float(u[10])))
+    assert worst == 0.0
+    # The other blocks are untouched by it: their updates follow float32 Adam's (up to the
+    # 8-bit storage error of their moments, a few percent of an update of size ~1).
+    np.testing.assert_allclose(np.asarray(u[64:]), np.asarray(ru[64:]), atol=0.1)

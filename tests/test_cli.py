@@ -425,3 +425,119 @@ def test_bad_population_and_plateau_options(args, message, tmp_path, capsys):
     line = err.strip().splitlines()[-1]  # argparse prints its usage first, as for any option
     assert line.startswith("jopt train: error: ") and message in line, line
     assert "Traceback" not in err and not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Adversarial regressions: ranges, interruption, late usage errors, unclear data errors.
+
+
+@pytest.mark.parametrize("value", ["1e39", "-1e39"])
+@pytest.mark.parametrize("name", ["learning_rate", "weight_decay"])
+def test_population_values_beyond_float32_are_refused(name, value, tmp_path, capsys):
+    # learning_rate=1e39 trained with an infinite rate and died in matplotlib.
+    out = tmp_path / "o"
+    assert main(["train", "--population", f"{name}=1e-3,{value}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("jopt train: error: ") and "Traceback" not in err
+    assert ("largest float32" in line) or ("must be > 0" in line) or ("must be >= 0" in line)
+    assert not out.exists()
+
+
+def test_late_usage_error_leaves_no_empty_folder(tmp_path, monkeypatch, capsys):
+    # --compare optax without optax: the error came after the output folder was made, and
+    # left it empty. (flax imports optax: load flax.nnx first, then make optax unavailable.)
+    from flax import nnx  # noqa: F401
+
+    monkeypatch.setitem(sys.modules, "optax", None)
+    out = tmp_path / "a" / "b"
+    assert main(["train", "--epochs", "1", "--compare", "optax", "--out", str(out)]) == 2
+    assert "--compare optax needs optax" in _error_line(capsys)
+    assert not out.exists() and not (tmp_path / "a").exists()
+
+
+def test_ctrl_c_writes_what_was_trained_and_exits_130(tmp_path):
+    # Ctrl-C gave a raw KeyboardInterrupt traceback and left an empty output folder.
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "jopt", "train", "--epochs", "400",
+                             "--patience", "400", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    seen = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        if line.startswith("epoch   2"):
+            break
+    else:  # pragma: no cover - a timeout is a failure
+        proc.kill()
+        pytest.fail(f"no epoch line in time: {seen}")
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert "interrupted: wrote what was trained" in stderr and str(out) in stderr
+    metrics = strict_json(out / "metrics.json")
+    assert metrics["summary"]["stop_reason"] == "interrupted (Ctrl-C)"
+    assert metrics["summary"]["epochs_run"] >= 2
+    assert len(metrics["steps"]["loss"]) >= 2 * metrics["config"]["steps_per_epoch"]
+    assert (out / "curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_ctrl_c_in_a_population_run(tmp_path, monkeypatch, capsys):
+    # In-process: the third epoch's validation raises KeyboardInterrupt, as Ctrl-C would.
+    import jopt.cli._population as population
+
+    calls = {"n": 0}
+    real = population.np.stack
+
+    def stack(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(population.np, "stack", stack)
+    out = tmp_path / "pop"
+    code = main(["train", "--dataset", "wine", "--epochs", "30", "--population",
+                 "learning_rate=1e-3,1e-2", "--out", str(out)])
+    monkeypatch.undo()
+    assert code == 130
+    metrics = strict_json(out / "metrics.json")
+    assert {m["summary"]["stop_reason"] for m in metrics["members"]} == {"interrupted (Ctrl-C)"}
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_unclear_data_errors_are_named(tmp_path, capsys):
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)), np.arange(40) % 2
+    # A feature constant up to rounding: standardizing it amplifies rounding noise (to 1e6
+    # here, past float32 for larger values), and the run was reported as diverged.
+    noisy = np.concatenate([X, np.full((40, 1), 1e20)], axis=1)
+    noisy[::7, -1] *= 1 + 1e-15
+    path = _npz(tmp_path / "noisy.npz", X=noisy, y=y)
+    assert main(["train", "--data", path, "--out", str(tmp_path / "o1")]) == 2
+    line = _error_line(capsys)
+    assert "feature 4" in line and "constant up to rounding" in line, line
+    # A truncated member was blamed on object arrays.
+    good = _npz(tmp_path / "good.npz", X=X, y=y)
+    with zipfile.ZipFile(good) as z:
+        xdata, ydata = z.read("X.npy"), z.read("y.npy")
+    with zipfile.ZipFile(tmp_path / "trunc.npz", "w") as z:
+        z.writestr("X.npy", xdata[:100])
+        z.writestr("y.npy", ydata)
+    assert main(["train", "--data", str(tmp_path / "trunc.npz"),
+                 "--out", str(tmp_path / "o2")]) == 2
+    line = _error_line(capsys)
+    assert "truncated or corrupt" in line and "object" not in line, line
+    # A file that is no archive: said in jopt's words, without numpy's advice on pickles.
+    (tmp_path / "text.npz").write_text("not numpy at all")
+    assert main(["train", "--data", str(tmp_path / "text.npz"),
+                 "--out", str(tmp_path / "o3")]) == 2
+    line = _error_line(capsys)
+    assert "is not an .npz archive" in line and "pickle" not in line, line

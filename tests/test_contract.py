@@ -491,3 +491,16 @@ def test_state_can_be_donated_and_init_called_again(name, factory, _):
     again = tx.init(params)
     assert all(not x.is_deleted() for x in jax.tree_util.tree_leaves(again))
     _, again = step(_grads(params), again, params)
+
+
+def test_apply_updates_adds_float16_and_bfloat16_in_float32():
+    # Neither float16 nor bfloat16 holds the other: the sum is taken in float32 (the update
+    # was cast to float16 first, and -65504 + bfloat16(65536) gave inf instead of 32).
+    params = {"a": jnp.asarray([-65504.0, 1.0], jnp.float16)}
+    updates = {"a": jnp.asarray([65536.0, 2.0**-10], jnp.bfloat16)}
+    new = jopt.apply_updates(params, updates)
+    assert new["a"].dtype == jnp.float16
+    np.testing.assert_array_equal(np.asarray(new["a"], np.float32), [32.0, 1.0 + 2.0**-10])
+    back = jopt.apply_updates({"b": jnp.asarray([1.0], jnp.bfloat16)},
+                              {"b": jnp.asarray([2.0**-9], jnp.float16)})
+    assert back["b"].dtype == jnp.bfloat16 and float(back["b"][0]) == 1.0

@@ -1,10 +1,14 @@
 """jopt transformations work wherever optax ones do, and optax ones work inside jopt chains."""
 
+import subprocess
+import sys
+
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 from flax.training import train_state
 from helpers import make_params, tree_allclose
@@ -164,3 +168,100 @@ def test_optax_spellings_and_positional_order():
         for t in range(25):
             # Eagerly both evaluate the same float32 arithmetic (see jopt._schedules._ramp).
             np.testing.assert_allclose(float(ours(t)), float(theirs(t)), rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# flax nnx.Optimizer with schedules, 8-bit moments and flat state; optax combinators.
+
+
+class _MLP(nnx.Module):
+    def __init__(self, rngs):
+        self.l1 = nnx.Linear(64, 72, rngs=rngs)  # 4608 weights: quantized by 8-bit Adam
+        self.l2 = nnx.Linear(72, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(jax.nn.relu(self.l1(x)))
+
+
+def _nnx_run(tx, steps=4, jit=True):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 64)), jnp.float32)
+    y = jnp.sum(x, axis=1, keepdims=True)
+    model = _MLP(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    def step(model, opt):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        opt.update(model, grads)
+        return loss, jopt.get_hyperparams(opt.opt_state)["learning_rate"]
+
+    step = nnx.jit(step) if jit else step
+    out = [step(model, opt) for _ in range(steps)]
+    return [float(loss) for loss, _ in out], [float(lr) for _, lr in out], opt
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["nnx_jit", "eager"])
+def test_nnx_optimizer_with_a_schedule_reads_the_learning_rate(jit):
+    # get_hyperparams on opt.opt_state (a tree of nnx variables) raised a raw TypeError from
+    # the schedule's ramp, eagerly and under nnx.jit.
+    sched = jopt.warmup_cosine_decay(0.0, 1e-2, 2, 10)
+    losses, lrs, opt = _nnx_run(jopt.chain(jopt.clip_by_global_norm(1.0), jopt.adamw(sched)),
+                                jit=jit)
+    # Read inside the step, after the update: the value the next update will use.
+    np.testing.assert_allclose(lrs, [float(sched(t)) for t in range(1, 5)], rtol=1e-6)
+    np.testing.assert_allclose(float(jopt.get_hyperparams(opt.opt_state)["learning_rate"]),
+                               float(sched(4)), rtol=1e-6)
+    assert losses[-1] < losses[0]
+    # set_hyperparams keeps the variables, and the next update uses the new value.
+    opt.opt_state = jopt.set_hyperparams(opt.opt_state, learning_rate=0.0)
+    assert any(isinstance(v, nnx.Variable) for v in jax.tree_util.tree_leaves(
+        opt.opt_state, is_leaf=lambda v: isinstance(v, nnx.Variable)))
+    assert float(jopt.get_hyperparams(opt.opt_state)["learning_rate"]) == 0.0
+
+
+@pytest.mark.parametrize("make", [
+    lambda: jopt.adam_8bit(1e-2),
+    lambda: jopt.flatten(jopt.adamw(1e-2)),
+    lambda: jopt.chain(jopt.clip_by_global_norm(1.0),
+                       jopt.adamw(1e-2, mu_dtype=jopt.StochasticRounding("bfloat16"))),
+], ids=["adam_8bit", "flatten", "stochastic_rounding"])
+def test_nnx_optimizer_with_8bit_and_flat_state(make):
+    # adam_8bit failed on the second update (['kernel']['absmax']) and flatten on the first
+    # (['bias'].value): init saw nnx variables, update plain arrays.
+    losses, _, opt = _nnx_run(make(), steps=5)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert jopt.get_hyperparams(opt.opt_state)["learning_rate"] == np.float32(1e-2)
+
+
+def test_optax_chain_passes_value_to_jopt_links():
+    # jopt transformations are optax GradientTransformationExtraArgs when optax is installed,
+    # so optax's combinators pass value= to them (this raised "update needs the monitored
+    # value" although value= was passed).
+    params = {"w": jnp.ones(3)}
+    tx = optax.chain(jopt.adam(1e-2), jopt.reduce_on_plateau(patience=0, factor=0.5))
+    assert isinstance(jopt.adam(1e-2), optax.GradientTransformationExtraArgs)
+    state = tx.init(params)
+    for v in (1.0, 2.0, 3.0):
+        _, state = tx.update(params, state, params, value=jnp.float32(v))
+    assert float(state[1].scale) == 0.25
+    # A combinator that drops extra arguments: the error names the way out.
+    dropping = optax.GradientTransformation(tx.init, lambda u, s, p=None: tx.update(u, s, p))
+    with pytest.raises(jopt.errors.InvalidMetricError, match="jopt.to_optax"):
+        dropping.update(params, state, params)
+
+
+def test_jopt_works_without_optax():
+    # optax is an optional dependency: with it missing, jopt imports, trains, and to_optax
+    # says what is needed.
+    code = (
+        "import sys; sys.modules['optax'] = None\n"
+        "import jax.numpy as jnp, jopt\n"
+        "tx = jopt.chain(jopt.clip_by_global_norm(1.0), jopt.adam(0.1))\n"
+        "p = {'w': jnp.ones(3)}; s = tx.init(p)\n"
+        "u, s = tx.update(p, s, p)\n"
+        "assert type(tx).__mro__[1].__name__ == '_TransformationFields'\n"
+        "try:\n    jopt.to_optax(tx)\nexcept jopt.errors.MissingDependencyError as e:\n"
+        "    print('missing:', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "missing: to_optax needs optax" in r.stdout

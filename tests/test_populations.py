@@ -529,3 +529,34 @@ def test_orbax_round_trip_and_resumed_run_decides_the_same(tmp_path):
     assert tree_equal(resumed[-1], full[-1])
     for a, b in zip(resumed[1:], full[k:]):
         assert tree_equal(a, b)
+
+
+def test_set_hyperparams_on_a_population_sharded_over_members_does_not_recompile():
+    # A population whose members are spread over devices (its per-member hyperparameters
+    # sharded on the member axis): setting a value re-placed it replicated, so the step's
+    # input sharding changed and it compiled again.
+    mesh = Mesh(np.array(jax.devices()), ("pop",))
+    members = NamedSharding(mesh, P("pop"))
+    tx = jopt.adamw(1e-3, weight_decay=1e-2)
+    params = {"w": jnp.ones((8, 3))}
+    state = jax.vmap(lambda lr: jopt.set_hyperparams(tx.init({"w": jnp.ones(3)}),
+                                                     learning_rate=lr))(jnp.logspace(-4, -1, 8))
+    state = jax.device_put(state, members)
+    params = jax.device_put(params, members)
+    traces = []
+
+    @jax.jit
+    def step(p, s):
+        traces.append(1)
+        return jax.vmap(lambda p, s: tx.update(p, s, p))(p, s)[1]
+
+    state = step(params, state)
+    lr = state[2].hyperparams["learning_rate"]
+    assert lr.sharding.is_equivalent_to(members, 1)
+    for new in (jnp.linspace(1e-3, 1e-2, 8), 5e-3):
+        state = jopt.set_hyperparams(state, learning_rate=new, weight_decay=0.0)
+        assert state[2].hyperparams["learning_rate"].sharding.is_equivalent_to(members, 1)
+        state = step(params, state)
+    assert len(traces) == 1
+    np.testing.assert_allclose(np.asarray(jopt.get_hyperparams(state)["learning_rate"]), 5e-3,
+                               rtol=1e-6)

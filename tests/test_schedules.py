@@ -662,3 +662,74 @@ def test_linear_is_monotone(init, end, steps, begin):
     assert v[0] == np.float32(init)
     tol = 1e-6 * max(abs(init), abs(end)) + _TINY
     assert abs(float(v[-1]) - float(np.float32(end))) <= tol
+
+
+# ---------------------------------------------------------------------------------------------
+# Counts: exact past 2**24 steps, any integer or float dtype; warm-up-only and repeated
+# boundaries.
+
+
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+def test_schedules_are_exact_past_2_24_steps(jitted):
+    # The count was converted to float32 before transition_begin was subtracted: past 2**24
+    # steps linear(0, 1, 10, transition_begin=20_000_001) gave 0.2, 0.4, 0.4, 0.4, 0.6.
+    begin = 20_000_001
+    sched = jopt.linear(0.0, 1.0, 10, transition_begin=begin)
+    ref = optax.linear_schedule(0.0, 1.0, 10, transition_begin=begin)
+    call = jax.jit(sched) if jitted else sched
+    counts = jnp.arange(begin + 1, begin + 6, dtype=jnp.int32)
+    got = [float(call(c)) for c in counts]
+    np.testing.assert_allclose(got, [0.1, 0.2, 0.3, 0.4, 0.5], rtol=1e-6)
+    with jax.numpy_dtype_promotion("standard"):
+        np.testing.assert_allclose(got, [float(ref(c)) for c in counts], rtol=1e-6)
+    late = jopt.exponential_decay(1.0, 2, 0.5, transition_begin=30_000_001, staircase=True)
+    assert [float(late(30_000_001 + k)) for k in (0, 1, 2, 3, 4)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    warm = jopt.warmup_cosine_decay(0.0, 1.0, 20_000_003, 20_000_013)
+    np.testing.assert_allclose(float(warm(20_000_002)), 1 - 1 / 20_000_003, rtol=1e-6)
+    assert float(warm(20_000_003)) == 1.0 and float(warm(20_000_013)) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint32, jnp.int16, jnp.uint8, jnp.float32, jnp.int32],
+                         ids=lambda d: jnp.dtype(d).name)
+def test_counts_of_any_dtype(dtype):
+    # piecewise_constant and join raised a raw TypePromotionError for uint32, int16 or float
+    # counts under strict promotion.
+    schedules = [
+        jopt.piecewise_constant([3, 7], [1.0, 0.5, 0.25]),
+        jopt.join([jopt.constant(1.0), jopt.linear(1.0, 0.0, 4)], [5]),
+        jopt.linear(0.0, 1.0, 10, transition_begin=2),
+        jopt.warmup_cosine_decay(0.0, 1.0, 3, 12),
+        jopt.exponential_decay(1.0, 4, 0.5, transition_begin=1, staircase=True),
+        jopt.cosine_decay(1.0, 9),
+    ]
+    for s in schedules:
+        for t in (0, 1, 3, 5, 7, 9, 11):
+            want = float(s(jnp.int32(t)))
+            assert float(s(jnp.asarray(t, dtype))) == want, (s, t)
+            assert float(jax.jit(s)(jnp.asarray(t, dtype))) == pytest.approx(want, rel=1e-6)
+
+
+def test_warmup_only_schedule():
+    # warmup_steps == decay_steps (a debugging run with warm-up only) was refused; it is a
+    # valid schedule: the ramp, then end_value, never 0/0.
+    s = jopt.warmup_cosine_decay(0.0, 1.0, warmup_steps=10, decay_steps=10, end_value=0.25)
+    values = [float(s(t)) for t in range(0, 15)]
+    assert all(np.isfinite(values))
+    np.testing.assert_allclose(values[:10], [t / 10 for t in range(10)], rtol=1e-6)
+    assert values[10:] == [0.25] * 5
+    assert float(jax.jit(s)(jnp.int32(10))) == 0.25
+    zero = jopt.warmup_cosine_decay(0.0, 0.0, 5, 5, end_value=0.1)
+    assert float(zero(5)) == pytest.approx(0.1)
+
+
+def test_join_with_repeated_boundaries():
+    # Repeated boundaries make empty pieces (never used), as torch's SequentialLR allows: the
+    # last piece whose boundary is <= the step is active and sees the step minus it.
+    never = jopt.constant(123.0)
+    s = jopt.join([jopt.linear(0.0, 1.0, 5), never, jopt.linear(1.0, 0.0, 10)], [5, 5])
+    values = [float(s(t)) for t in range(0, 16)]
+    np.testing.assert_allclose(values[:5], [0.0, 0.2, 0.4, 0.6, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(values[5:], [1 - k / 10 for k in range(11)], rtol=1e-6)
+    assert 123.0 not in values
+    with pytest.raises(InvalidHyperparameterError, match="non-decreasing"):
+        jopt.join([never] * 3, [5, 4])
