@@ -301,7 +301,8 @@ def test_every_hyperparameter_may_be_a_schedule(make, name, schedule):
         want = float(schedule(t))
         got = float(jopt.get_hyperparams(state)[name])
         np.testing.assert_allclose(got, want, rtol=1e-6)
-        _, state = step(jax.tree_util.tree_map(lambda x: x * (t + 1.0), params), state, params)
+        _, state = step(jax.tree_util.tree_map(lambda x, t=t: x * (t + 1.0), params), state,
+                        params)
     # The schedule was applied: a constant transformation at the last value gives the same
     # update as the scheduled one at that step.
     last = float(schedule(4))
