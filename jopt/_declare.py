@@ -381,6 +381,19 @@ class _Transformation:
 # ------------------------------------------------------------------------- the decorators
 
 
+def _bind(name: str, sig: inspect.Signature, args: tuple, kwargs: dict
+          ) -> inspect.BoundArguments:
+    """A factory's arguments bound to its signature, defaults applied; a wrong call raises
+    jopt's error naming the factory and its signature."""
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise InvalidHyperparameterError(name, "arguments", (args, kwargs),
+                                         f"those of {name}{sig} ({e})") from None
+    bound.apply_defaults()
+    return bound
+
+
 def _bool_options(name: str, sig: inspect.Signature, bound: inspect.BoundArguments) -> None:
     for arg, p in sig.parameters.items():
         if isinstance(p.default, bool) and arg in bound.arguments:
@@ -455,12 +468,7 @@ def transformation(*, kind: str, hyperparams: Mapping[str, Hyper] | None = None,
 
         @functools.wraps(factory)
         def build(*args, **kwargs):
-            try:
-                bound = sig.bind(*args, **kwargs)
-            except TypeError as e:
-                raise InvalidHyperparameterError(name, "arguments", (args, kwargs),
-                                                 f"those of {name}{sig} ({e})") from None
-            bound.apply_defaults()
+            bound = _bind(name, sig, args, kwargs)
             arguments = bound.arguments
             stored = {h: decl.hyperparams[h].store(name, h, arguments[h]) for h in hyperparams}
             _bool_options(name, sig, bound)
@@ -537,12 +545,7 @@ def optimizer(*, examples: Mapping[str, Any] | None = None, descends: bool = Tru
 
         @functools.wraps(fn)
         def build(*args, **kwargs):
-            try:
-                bound = sig.bind(*args, **kwargs)
-            except TypeError as e:
-                raise InvalidHyperparameterError(name, "arguments", (args, kwargs),
-                                                 f"those of {name}{sig} ({e})") from None
-            bound.apply_defaults()
+            bound = _bind(name, sig, args, kwargs)
             tx = fn(*bound.args, **bound.kwargs)
             hp_names = _link_hyperparams(tx) | set((renames or {}).keys())
             config = _display(sig, bound.arguments, hp_names, {})

@@ -116,21 +116,6 @@ class Hyper:
                 value, jax.core.Tracer) else jnp.asarray(value).astype(jnp.int32)
         return as_state_scalar(value)
 
-    def requirement(self) -> str:
-        """The range in words, as error messages write it."""
-        b = self.bounds()
-        lo, hi = b.get("lo"), b.get("hi")
-        if lo is not None and hi is not None:
-            text = (f"in {'(' if b['lo_open'] else '['}{lo:g}, {hi:g}"
-                    f"{')' if b['hi_open'] else ']'}")
-        elif lo is not None:
-            text = f"{'>' if b['lo_open'] else '>='} {lo:g}"
-        elif hi is not None:
-            text = f"{'<' if b['hi_open'] else '<='} {hi:g}"
-        else:
-            text = "a finite real number"
-        return ("an integer " + text) if self.integer else text
-
 
 def _is_infinite(value: Any) -> bool:
     if isinstance(value, jax.core.Tracer) or isinstance(value, (bool, np.bool_)):

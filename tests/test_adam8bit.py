@@ -772,6 +772,13 @@ def test_repr_equality_and_chain_structure():
 # Review regressions: huge scales, overflowing moments, input errors, sharded parameters.
 
 
+def _force_single_expression(mp):
+    """Makes the 8-bit step use its single-expression form (the one used off CPU) on CPU."""
+    mp.setattr(_codecs, "_step_chunked",
+               lambda g, leaves, param, kw, *, call, meta, cpu_chunk:
+               _codecs._step_whole(g, leaves, param, kw, call=call, meta=meta))
+
+
 def test_blocks_with_scales_up_to_float32_max_round_trip():
     # A reciprocal of absmax > 2**126 is subnormal (flushed to 0 on CPU): the block came back
     # as zeros. The largest element must come back exactly, the rest within half a gap of
@@ -808,9 +815,7 @@ def test_finite_huge_gradient_saturates_instead_of_poisoning_its_block(chunked):
         # A distinct chunk size per case: the jitted step's cache would keep the other.
         mp.setattr(_codecs, "CPU_CHUNK", 4 if chunked else 5)
         if not chunked:
-            mp.setattr(_codecs, "_step_chunked",
-                       lambda g, leaves, param, kw, *, call, meta, cpu_chunk:
-                       _codecs._step_whole(g, leaves, param, kw, call=call, meta=meta))
+            _force_single_expression(mp)
         for _ in range(4):
             u, s = step(g, s)
             ru, rs = ref.update(g, rs)
@@ -892,9 +897,7 @@ def test_nan_gradient_in_a_large_leaf_stays_nan(chunked):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_codecs, "CPU_CHUNK", 2048 if chunked else 4097)
         if not chunked:
-            mp.setattr(_codecs, "_step_chunked",
-                       lambda g, leaves, param, kw, *, call, meta, cpu_chunk:
-                       _codecs._step_whole(g, leaves, param, kw, call=call, meta=meta))
+            _force_single_expression(mp)
         _, s = jax.jit(tx.update)(g, tx.init(params))
     _, r = ref.update(g, ref.init(params))
     mu = np.asarray(jopt.dequantize_blockwise(s.mu["w"]))

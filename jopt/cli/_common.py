@@ -74,3 +74,15 @@ def write_metrics(path: str, metrics: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(jsonable(metrics), f, indent=1, allow_nan=False)
         f.write("\n")
+
+
+def finish(out_dir: str, steps_run: int, interrupted: bool) -> int:
+    """Names the output folder; the exit status (130 after Ctrl-C, with what was written)."""
+    import sys
+
+    print(f"output folder: {out_dir} (metrics.json, curves.png)")
+    if interrupted:
+        print(f"jopt train: interrupted: wrote what was trained ({steps_run} steps) to "
+              f"{out_dir}", file=sys.stderr)
+        return INTERRUPTED
+    return 0

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from jopt.cli._common import INTERRUPTED, CLIError, batches, fmt, one_line, write_metrics
+from jopt.cli._common import CLIError, batches, finish, fmt, one_line, write_metrics
 from jopt.cli._plots import plot_population
 from jopt.cli._recipes import make_schedule, moments_note
 from jopt.cli._steps import make_step, plateau_scale
@@ -238,9 +238,4 @@ def _run(cfg, data, out_dir, t0, n, name, values, labels, plateau, tx, stopper, 
     print(f"  epochs run:     {summary['epochs_run']} of {cfg['epochs']} "
           f"({int(stopped.sum())} of {n} members stopped early)")
     print(f"  wall time:      {summary['wall_time_s']:.1f} s")
-    print(f"output folder: {out_dir} (metrics.json, curves.png)")
-    if interrupted:
-        print(f"jopt train: interrupted: wrote what was trained ({steps_run} steps) to "
-              f"{out_dir}", file=sys.stderr)
-        return INTERRUPTED
-    return 0
+    return finish(out_dir, steps_run, interrupted)

@@ -13,9 +13,9 @@ import numpy as np
 
 from jopt.cli._args import config
 from jopt.cli._common import (
-    INTERRUPTED,
     CLIError,
     batches,
+    finish,
     fmt,
     import_examples,
     one_line,
@@ -266,9 +266,4 @@ def _run(args, cfg, data, out_dir, t0, tx, stopper, init_params, loss_and_acc, e
               f"(at step {compare['argmax_step']}; {compare['max_scaled_loss_diff']:.3g} of "
               f"the initial loss; {verdict})")
     print(f"  wall time:      {summary['wall_time_s']:.1f} s")
-    print(f"output folder: {out_dir} (metrics.json, curves.png)")
-    if interrupted:
-        print(f"jopt train: interrupted: wrote what was trained ({summary['steps_run']} steps) "
-              f"to {out_dir}", file=sys.stderr)
-        return INTERRUPTED
-    return 0
+    return finish(out_dir, summary["steps_run"], interrupted)
