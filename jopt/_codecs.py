@@ -30,7 +30,6 @@ import numpy as np
 from jopt import _rounding, _tree
 from jopt._quantize import (
     QuantizedArray,
-    block_absmax,
     check_block_size,
     dequantize_blocks,
     dequantize_flat,
@@ -218,11 +217,18 @@ def stochastic_key(spec: Any, count: jax.Array, slot: int, leaf: int) -> Any:
 
 
 def _saturate(x: jax.Array, g: jax.Array) -> jax.Array:
-    """A new moment that overflowed from finite inputs (``g**2`` above the float32 range, or
-    a float64 moment beyond it) clipped to +-(largest float32), so that only a non-finite
-    gradient or stored moment (which keeps its NaN: see :func:`block_absmax`) poisons its
-    block. The decoder reads a saturated value back as infinity (:func:`_unsaturate`)."""
-    return jnp.where(jnp.isfinite(g), jnp.clip(x, -_F32_MAX, _F32_MAX), x)
+    """A new moment ready for its block's maximum.
+
+    A moment that overflowed from finite inputs (``g**2`` above the float32 range, or a
+    float64 moment beyond it) is clipped to +-(largest float32), so that only a non-finite
+    gradient or stored moment poisons its block; the decoder reads a saturated value back as
+    infinity (:func:`_unsaturate`). A NaN (from a NaN gradient or a poisoned stored block)
+    becomes +inf: XLA:CPU's max reduction over a 2-D array does not always propagate NaN (a
+    NaN in a (16, 256) array came back as a finite maximum) but never loses an infinity, and
+    an infinite maximum makes the block's scale NaN. Done here, in the producer of the
+    reduction's input, it costs no pass over the block of its own."""
+    x = jnp.where(jnp.isfinite(g), jnp.clip(x, -_F32_MAX, _F32_MAX), x)
+    return jnp.where(jnp.isnan(x), jnp.float32(np.inf), x)
 
 
 def _unsaturate(x: jax.Array) -> jax.Array:
@@ -239,7 +245,8 @@ def _decode_blocks(q: Any, signed: bool, codes: Any = None, absmax: Any = None) 
 
 def _requantize(new: jax.Array, g: jax.Array, signed: bool):
     new = _saturate(new.astype(jnp.float32), g)
-    absmax = block_absmax(new)
+    absmax = jnp.max(jnp.abs(new), axis=-1)
+    absmax = jnp.where(jnp.isfinite(absmax), absmax, jnp.float32(np.nan))
     return encode_blocks(new, absmax, signed), absmax
 
 
