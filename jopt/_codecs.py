@@ -205,6 +205,11 @@ def encode(spec: Any, new: jax.Array, leaf: jax.Array, key: Any = None) -> jax.A
     return new.astype(leaf.dtype)
 
 
+def random_bits(spec: Any) -> bool:
+    """Whether a storage draws random bits (stochastic rounding)."""
+    return isinstance(spec, StochasticRounding)
+
+
 def stochastic_key(spec: Any, count: jax.Array, slot: int, leaf: int) -> Any:
     """The random key of a stochastically rounded slot leaf at a step."""
     if not isinstance(spec, StochasticRounding):

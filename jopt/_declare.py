@@ -303,6 +303,18 @@ class _Transformation:
         p_leaves = treedef.flatten_up_to(params) if decl.params else [None] * len(g_leaves)
         masks = resolve_mask(decl.name, self.mask, params if params is not None else updates)
         m_leaves = treedef.flatten_up_to(masks) if masks is not None else [True] * len(g_leaves)
+        # The scalars the rule names, cast once per compute dtype (not once per leaf).
+        wanted = {k: jnp.asarray(v) for k, v in scalars.items()
+                  if (self.fn_any or k in self.fn_names) and v is not None}
+        cast: dict[Any, dict[str, Any]] = {}
+
+        def scalars_for(ct, rt):
+            if ct not in cast:
+                cast[ct] = {k: _tree.cast_scalar(v, rt if k in self.rule.real else ct)
+                            if jnp.issubdtype(v.dtype, jnp.inexact) else v
+                            for k, v in wanted.items()}
+            return dict(cast[ct])
+
         out_u, out_slots = [], [[] for _ in decl.slots]
         for i, (g, p, m) in enumerate(zip(g_leaves, p_leaves, m_leaves)):
             olds = [leaves[i] for leaves in slot_leaves]
@@ -311,7 +323,7 @@ class _Transformation:
                 for k, old in enumerate(olds):
                     out_slots[k].append(old)
                 continue
-            u, news = self._leaf(i, g, olds, p, m, scalars, count)
+            u, news = self._leaf(i, g, olds, p, m, scalars_for, count)
             out_u.append(u)
             for k, new in enumerate(news):
                 out_slots[k].append(new)
@@ -332,18 +344,11 @@ class _Transformation:
             return out, ()
         return out[0], tuple(out[1:])
 
-    def _leaf(self, index, g, olds, p, mask, scalars, count):
+    def _leaf(self, index, g, olds, p, mask, scalars_for, count):
         decl = self.decl
         ct = _tree.compute_dtype(g.dtype)
         rt = _tree.real_dtype(ct)
-        kw = {}
-        for k, v in scalars.items():
-            if not (self.fn_any or k in self.fn_names) or v is None:
-                continue
-            v = jnp.asarray(v)
-            if jnp.issubdtype(v.dtype, jnp.inexact):
-                v = _tree.cast_scalar(v, rt if k in self.rule.real else ct)
-            kw[k] = v
+        kw = scalars_for(ct, rt)
         g_ = g.astype(ct)
         p_ = None if p is None else p.astype(ct)
         pass_mask = mask is not True and "mask" in self.fn_names
@@ -367,7 +372,8 @@ class _Transformation:
             if isinstance(new, QuantizedArray):
                 encoded.append(new)
                 continue
-            key = _codecs.stochastic_key(spec, _tree.safe_increment(count), k, index)
+            key = (_codecs.stochastic_key(spec, _tree.safe_increment(count), k, index)
+                   if _codecs.random_bits(spec) else None)
             new = _codecs.encode(spec, new, old, key)
             if mask is not True and not pass_mask:
                 new = jnp.where(mask, new, old)
