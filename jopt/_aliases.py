@@ -13,6 +13,7 @@ from typing import Any
 from jopt._base import GradientTransformation
 from jopt._chain import chain
 from jopt._codecs import Blockwise8bit
+from jopt._codecs import resolve as resolve_storage
 from jopt._declare import optimizer
 from jopt._scale import scale_by_adam, scale_by_adam_8bit, scale_by_learning_rate, trace
 from jopt._weight_decay import add_decayed_weights
@@ -69,6 +70,8 @@ def sgd(
     """
     if nesterov and momentum is None:
         raise InvalidHyperparameterError("sgd", "momentum", momentum, "set when nesterov=True")
+    # Checked also without momentum, where no buffer uses it.
+    resolve_storage("sgd", "accumulator_dtype", accumulator_dtype)
     links = []
     if momentum is not None:
         links.append(trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype))

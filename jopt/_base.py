@@ -142,11 +142,11 @@ class GradientTransformation(_optax_base()):
 
     @classmethod
     def _configured(cls, init, update, *, name: str, config: dict[str, Any], key: Any,
-                    kind: str, links: tuple = ()) -> GradientTransformation:
+                    kind: str | None, links: tuple = ()) -> GradientTransformation:
         """A transformation built by a jopt factory: ``key`` identifies the factory and the
         values its state stores (equality and hashing), ``kind`` how it runs on packed
         buffers, ``links`` the transformations it is made of (a chain's links)."""
-        if kind not in KINDS:
+        if kind is not None and kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         self = cls(_placing_init(init), update, name=name, config=config)
         self._factory_key = key
@@ -185,10 +185,11 @@ class GradientTransformation(_optax_base()):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, GradientTransformation):
             return NotImplemented
-        if getattr(self, "_factory_key", None) is None or getattr(
-                other, "_factory_key", None) is None:
+        mine, theirs = getattr(self, "_factory_key", None), getattr(other, "_factory_key", None)
+        if mine is None and theirs is None:
             return self.init is other.init and self.update is other.update
-        return self._factory_key == other._factory_key
+        # A configured transformation equals only one configured alike (and hashes alike).
+        return mine is not None and theirs is not None and mine == theirs
 
     def __ne__(self, other: object) -> bool:
         result = self.__eq__(other)

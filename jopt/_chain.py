@@ -83,19 +83,24 @@ def check_packed_ok(combinator: str, where: str, tx: Any) -> None:
     other than it does on the tree (a per-tensor trust ratio over a whole buffer, say)."""
     if kind_of(tx) is None:
         raise LayoutError(
-            f"{combinator}: link {where} ({_describe_link(tx)}) is not a jopt transformation, "
+            f"{combinator}: link {where} ({_describe_link(tx)}) has no declared kind, "
             "so jopt does not know whether its rule treats every element alike, and it was "
             "given packed values (jopt.pack / jopt.flatten), where a per-tensor rule would "
             "silently compute something else. Declare its kind: "
             "jopt.declare_kind(tx, 'elementwise') if it does the same arithmetic on every "
             "element (optax.scale_by_adam, optax.scale), or jopt.declare_kind(tx, "
             "'per_leaf') to run it on each original leaf (optax.scale_by_trust_ratio, "
-            "anything reading a tensor's norm or shape).")
+            "anything reading a tensor's norm or shape), or 'whole_tree' for a rule over the "
+            "whole tree (optax.clip_by_global_norm; it also runs on the original tree).")
 
 
 def _describe_link(tx: Any) -> str:
+    if isinstance(tx, GradientTransformation):
+        return (f"{tx.name} wrapping another library's transformation" if tx.name else
+                "a jopt.GradientTransformation built by hand")
     module = type(tx).__module__.split(".")[0]
-    return f"a {module} {type(tx).__name__}"
+    return f"an {module} {type(tx).__name__}" if module[:1] in "aeiou" else \
+        f"a {module} {type(tx).__name__}"
 
 
 def _link_key(tx: Any) -> Any:
@@ -188,7 +193,8 @@ def named_chain(*transformations: tuple[str, Any]) -> GradientTransformation:
       A :class:`GradientTransformation` whose state is a ``dict`` from name to link state.
 
     Raises:
-      InvalidHyperparameterError: for a duplicate or non-string name, or a link without
+      InvalidHyperparameterError: for a duplicate, empty or non-string name, one with a
+        ``/`` (it separates the links of a hyperparameter key), or a link without
         ``init``/``update``.
       LayoutError: in ``init`` or ``update`` on packed values, for a link of unknown kind.
     """
@@ -199,6 +205,10 @@ def named_chain(*transformations: tuple[str, Any]) -> GradientTransformation:
                 "named_chain", "argument", item, "a (name, transformation) pair"
             )
         name, tx = item
+        if not name or "/" in name:
+            # "/" separates the links of a hyperparameter key ("clip/max_norm").
+            raise InvalidHyperparameterError("named_chain", "name", name,
+                                             "a non-empty string without '/'")
         if name in names:
             raise InvalidHyperparameterError("named_chain", "name", name, "unique")
         names.append(name)

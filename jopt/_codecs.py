@@ -170,7 +170,8 @@ def init_leaf(owner: str, spec: Any, p: Any, *, real: bool, nonnegative: bool,
         dtype = _tree.moment_dtype(p_dtype, None, real=real)
         if math.prod(shape) < spec.min_size:
             return jnp.zeros_like(p, dtype=dtype)
-        if jnp.issubdtype(p_dtype, jnp.complexfloating) and not real:
+        if jnp.issubdtype(p_dtype, jnp.complexfloating):
+            # Also for a real slot (|g|**2): the 8-bit step computes on real blocks only.
             raise TreeMismatchError(
                 owner, "the parameters have a dtype 8-bit moments cannot hold", path,
                 f"a real dtype (or a complex leaf of fewer than {spec.min_size} elements, "
@@ -240,7 +241,10 @@ def _unsaturate(x: jax.Array) -> jax.Array:
     """A decoded moment equal to +-(largest float32) is a saturated one (nothing else decodes
     to it: it needs a block scale of exactly that value and the code of +-1): read it as the
     infinity float32 arithmetic would hold, so it stays saturated instead of decaying."""
-    return jnp.where(jnp.abs(x) == _F32_MAX, x * jnp.float32(np.inf), x)
+    # Constants in the selected branch (not x * inf): a derivative through the step (a
+    # meta-gradient) must not meet 0 * inf in the branch that is not taken.
+    inf = jnp.where(x > 0, jnp.float32(np.inf), jnp.float32(-np.inf))
+    return jnp.where(jnp.abs(x) == _F32_MAX, jax.lax.stop_gradient(inf), x)
 
 
 def _decode_blocks(q: Any, signed: bool, codes: Any = None, absmax: Any = None) -> jax.Array:

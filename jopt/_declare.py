@@ -45,6 +45,7 @@ from jopt._hyper import Hyper, current
 from jopt._layout import Packed
 from jopt._masks import check_mask_option, resolve_mask
 from jopt._quantize import QuantizedArray
+from jopt._validate import bind
 from jopt.errors import InvalidHyperparameterError, TreeMismatchError
 
 __all__ = ["Slot", "Rule", "transformation", "optimizer"]
@@ -235,11 +236,9 @@ class _Transformation:
 
         def one(path, p):
             if slot.shape is not None:
-                shape = tuple(slot.shape(_tree.shape_of(p)))
-                dtype = _tree.moment_dtype(_tree.dtype_of(p), spec if not isinstance(
-                    spec, (_codecs.Blockwise8bit, _codecs.StochasticRounding)) else None,
-                    real=slot.real)
-                return jnp.zeros(shape, dtype)
+                # A buffer of its own shape (factored moments): plain or stochastically
+                # rounded storage of that shape (8-bit storage is refused when declared).
+                p = jax.ShapeDtypeStruct(tuple(slot.shape(_tree.shape_of(p))), _tree.dtype_of(p))
             return _codecs.init_leaf(name, spec, p, real=slot.real, nonnegative=slot.nonnegative,
                                      path=jax.tree_util.keystr(path))
 
@@ -390,14 +389,8 @@ class _Transformation:
 def _bind(name: str, sig: inspect.Signature, args: tuple, kwargs: dict
           ) -> inspect.BoundArguments:
     """A factory's arguments bound to its signature, defaults applied; a wrong call raises
-    jopt's error naming the factory and its signature."""
-    try:
-        bound = sig.bind(*args, **kwargs)
-    except TypeError as e:
-        raise InvalidHyperparameterError(name, "arguments", (args, kwargs),
-                                         f"those of {name}{sig} ({e})") from None
-    bound.apply_defaults()
-    return bound
+    :class:`jopt.errors.InvalidCallError` naming the factory and showing its signature."""
+    return bind(name, sig, args, kwargs)
 
 
 def _bool_options(name: str, sig: inspect.Signature, bound: inspect.BoundArguments) -> None:
@@ -497,6 +490,13 @@ def transformation(*, kind: str, hyperparams: Mapping[str, Hyper] | None = None,
                     if spec is None and slot.fallback:
                         spec = options.get(slot.fallback)
                 storage.append(spec)
+            for slot, spec in zip(slots, storage):
+                if slot.shape is not None and isinstance(spec, _codecs.Blockwise8bit):
+                    raise InvalidHyperparameterError(
+                        name, slot.option or f"storage of {slot.name}", spec,
+                        f"a dtype or jopt.StochasticRounding: the {slot.name} buffer has a "
+                        "shape of its own, not the parameter's, and 8-bit blocks follow the "
+                        "parameter")
             blocks = {s.block_size for s in storage if isinstance(s, _codecs.Blockwise8bit)}
             if len(blocks) > 1:
                 raise InvalidHyperparameterError(

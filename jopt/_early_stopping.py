@@ -23,7 +23,7 @@ from jopt import _plateau
 from jopt._checks import check_match
 from jopt._config import config_key, format_value
 from jopt._tree import place_like
-from jopt._validate import check_dtype_option
+from jopt._validate import check_dtype_option, checked_call
 from jopt.errors import HostOnlyError, InvalidHyperparameterError, TreeMismatchError
 
 
@@ -249,6 +249,7 @@ class EarlyStopping:
         )
 
 
+@checked_call
 def early_stopping(
     mode: str = "min",
     min_delta: float = 0.0,

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt._validate import as_state_scalar, check_real
+from jopt._validate import as_state_scalar, check_real, describe_range, in_range
 from jopt.errors import InvalidHyperparameterError
 from jopt.schedules._core import CallableSchedule, OneMinus, Schedule
 
@@ -86,10 +86,26 @@ class Hyper:
             if not self.schedulable:
                 raise InvalidHyperparameterError(
                     owner, name, value, "a number (this hyperparameter cannot follow a schedule)")
+            self._check_schedule(owner, name, value)
             return
         if self.off_at_infinity and _is_infinite(value):
             return
         check_real(owner, name, value, **self.bounds())
+
+    def _check_schedule(self, owner: str, name: str, value: Any) -> None:
+        """A schedule whose values are known (:meth:`Schedule.value_range`) must stay in range."""
+        span = value.value_range() if isinstance(value, Schedule) else None
+        if span is None:
+            return
+        bounds = self.bounds()
+        if self.off_at_infinity:
+            span = tuple(x for x in span if not _is_infinite(x)) or (0.0, 0.0)
+        if not all(math.isfinite(x) and in_range(x, **bounds) for x in span):
+            lo, hi = min(span), max(span)
+            raise InvalidHyperparameterError(
+                owner, name, value,
+                f"a schedule whose values stay {describe_range(**bounds)} (this one takes "
+                f"values from {lo:g} to {hi:g})")
 
     def store(self, owner: str, name: str, value: Any, like: Any = None) -> Any:
         """Checks ``value`` and converts it to what the state holds. With ``like`` (the value
@@ -108,12 +124,24 @@ class Hyper:
             if ref is not None:
                 out = jax.tree_util.tree_map(lambda c: jnp.broadcast_to(c, jnp.shape(ref)), out)
             return out
+        if not isinstance(value, jax.core.Tracer):
+            if like is None and np.ndim(value) != 0:
+                raise InvalidHyperparameterError(
+                    owner, name, value,
+                    "a scalar or a schedule (for a population, build the transformation or "
+                    "set the value inside jax.vmap)")
+            arr = np.asarray(value)
+            if arr.dtype.kind in "biu" and not self.integer:
+                # An integer beyond int32 must not wrap on its way to a float state (2**31 is
+                # a valid, if odd, learning rate): through float64 on the host.
+                value = np.asarray(value, np.float64).astype(np.float32)
+            elif arr.dtype.kind == "O":  # a Python int too large for NumPy's integers
+                value = np.float32(float(value))
         if like is not None and not isinstance(like, Schedule):
             dtype = getattr(like, "dtype", np.float32)
             return jnp.broadcast_to(jnp.asarray(value).astype(dtype), jnp.shape(like))
         if self.integer:
-            return jnp.asarray(value, jnp.int32) if not isinstance(
-                value, jax.core.Tracer) else jnp.asarray(value).astype(jnp.int32)
+            return jnp.asarray(value).astype(jnp.int32)
         return as_state_scalar(value)
 
 

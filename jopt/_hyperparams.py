@@ -8,12 +8,14 @@ optax wrappers (``MultiSteps``, ``masked``, ...), flax ``nnx.Optimizer`` states 
 are ``nnx.Variable`` s) and both libraries' ``inject_hyperparams`` states.
 
 Keys. Every hyperparameter has a canonical key, the path of its link in the state tree and
-its name (``"1/2/learning_rate"``, ``"clip/max_norm"`` in a named chain). ``get_hyperparams``
+its name (``"1/2/learning_rate"``, ``"clip/max_norm"`` in a named chain; a ``/`` or ``~``
+inside a dict key is written ``~1`` or ``~0``, as in a JSON pointer). ``get_hyperparams``
 lists each under its short name when that is unique in the state, else under its canonical
-key, and accepts either (or any unambiguous end of the canonical key) when indexed; so does
-``set_hyperparams``. A short name that matches several entries raises
-:class:`jopt.errors.AmbiguousKeyError` listing them: adding a link never silently changes
-which value a key reads or sets.
+key, and accepts either when indexed; so does ``set_hyperparams``. A short name that matches
+several entries raises :class:`jopt.errors.AmbiguousKeyError` listing them: appending a link
+never silently changes which value a key reads or sets. (Positions count from the start of
+a chain, so a link inserted before others shifts their canonical keys: name the links with
+:func:`jopt.named_chain` for keys that survive any edit of the chain.)
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jopt import _tree
+from jopt._base import fresh
 from jopt._hyper import Hyper, value_now
+from jopt._serialization import serializable
 from jopt.errors import (
     AmbiguousKeyError,
     InvalidHyperparameterError,
     TreeMismatchError,
+    UnknownKeyError,
 )
 from jopt.schedules._core import OneMinus, Schedule
 
@@ -40,8 +45,12 @@ _PLAIN = Hyper()
 def _segment(k: Any) -> str:
     for attr in ("key", "idx", "name"):
         if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
+            text = str(getattr(k, attr))
+            break
+    else:
+        text = str(k)
+    # As in a JSON pointer: a "/" inside one segment must not read as two.
+    return text.replace("~", "~0").replace("/", "~1")
 
 
 def _is_jopt_holder(x: Any) -> bool:
@@ -53,10 +62,15 @@ def _is_inject(x: Any) -> bool:
 
 
 def _is_foreign_holder(x: Any) -> bool:
-    """A state of another library that holds hyperparameters by name (optax's
-    ``inject_hyperparams`` states: NamedTuples with a ``hyperparams`` dict)."""
-    return (isinstance(x, tuple) and "hyperparams" in getattr(x, "_fields", ())
-            and isinstance(getattr(x, "hyperparams", None), Mapping) and not _is_jopt_holder(x))
+    """optax's ``inject_hyperparams`` states (NamedTuples with a ``hyperparams`` dict and an
+    ``inner_state``): a state of another type that happens to have such a field is just a
+    container, searched like any other."""
+    return (isinstance(x, tuple) and type(x).__name__ in _OPTAX_INJECT
+            and type(x).__module__.split(".")[0] == "optax"
+            and isinstance(getattr(x, "hyperparams", None), Mapping))
+
+
+_OPTAX_INJECT = ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
 
 
 def _is_holder(x: Any) -> bool:
@@ -90,20 +104,12 @@ def _find(state: Any, function: str) -> list[_Entry]:
     """Every hyperparameter of ``state`` (variables already unwrapped), shadowed inner
     entries of inject wrappers left out."""
     entries: list[_Entry] = []
-    _collect(state, (), entries, function, shadow=frozenset())
+    _collect(state, (), entries, function, shadowed=lambda canonical: False)
     return entries
 
 
-class _Everything(frozenset):
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
-_ALL = _Everything()
-
-
 def _collect(tree: Any, prefix: tuple[str, ...], out: list[_Entry], function: str,
-             shadow: frozenset) -> None:
+             shadowed) -> None:
     found, _ = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: _is_holder(x) or _looks_restored(x))
     for path, node in found:
@@ -117,28 +123,33 @@ def _collect(tree: Any, prefix: tuple[str, ...], out: list[_Entry], function: st
                 "jax.eval_shape(tx.init, params))",
                 f"a {type(node).__name__} with keys {sorted(node)}")
         if _is_inject(node):
-            names = frozenset(node.hyperparams)
+            inner = segs + ("inner_state",)
+            targets = {"/".join(inner) + "/" + t for _, t in node.targets}
             for name in node.hyperparams:
                 out.append(_Entry(segs, name, node, "inject", target=dict(node.targets)[name]))
-            _collect(node.inner_state, segs + ("inner_state",), out, function, shadow | names)
+            # The inner entries the wrapper's values set are reported (and set) through it.
+            _collect(node.inner_state, inner, out, function,
+                     lambda c, outer=shadowed, t=targets: c in t or outer(c))
         elif _is_jopt_holder(node):
             for name in node.hyperparams:
-                if name in shadow or node.hyperparams[name] is None:
+                entry = _Entry(segs, name, node, "jopt")
+                if node.hyperparams[name] is None or shadowed(entry.canonical):
                     continue
-                out.append(_Entry(segs, name, node, "jopt"))
+                out.append(entry)
         elif _is_foreign_holder(node):
             scheduled = set(getattr(node, "hyperparams_states", None) or {})
             for name in node.hyperparams:
+                entry = _Entry(segs, name, node, "optax")
                 # optax keeps a scheduled value's schedule in a closure; the state holds the
                 # value of the last update, not the next: not reported (see get_hyperparams).
-                if name in shadow or name in scheduled:
+                if name in scheduled or shadowed(entry.canonical):
                     continue
-                out.append(_Entry(segs, name, node, "optax"))
+                out.append(entry)
             inner = getattr(node, "inner_state", None)
             if inner is not None:
                 # A jopt transformation built by optax's inject_hyperparams uses the values
                 # optax passes at every step: its state's copies never take effect.
-                _collect(inner, segs + ("inner_state",), out, function, _ALL)
+                _collect(inner, segs + ("inner_state",), out, function, lambda c: True)
 
 
 def _display_keys(entries: list[_Entry]) -> list[str]:
@@ -150,8 +161,8 @@ def _display_keys(entries: list[_Entry]) -> list[str]:
 
 def _resolve(function: str, key: Any, entries: list[_Entry], display: list[str],
              state: Any = None, new: Any = None) -> int:
-    """The index of the entry ``key`` names: a listed key, a canonical key, or an
-    unambiguous end of canonical keys (``"2/learning_rate"``, ``"learning_rate"``)."""
+    """The index of the entry ``key`` names: a listed key, a canonical key, or a short name
+    (a hyperparameter's own name) that only one entry has."""
     if not isinstance(key, str):
         raise InvalidHyperparameterError(function, "key", key, "a string")
     if key in display:
@@ -159,7 +170,7 @@ def _resolve(function: str, key: Any, entries: list[_Entry], display: list[str],
     canon = [e.canonical for e in entries]
     if key in canon:
         return canon.index(key)
-    matches = [i for i, c in enumerate(canon) if c.endswith("/" + key)]
+    matches = [i for i, e in enumerate(entries) if e.name == key]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -171,8 +182,7 @@ def _resolve(function: str, key: Any, entries: list[_Entry], display: list[str],
             "a closure and overwrites the state's copy at the next update; rebuild the "
             "transformation with the new schedule, or use jopt.inject_hyperparams, whose "
             "schedules live in the state)")
-    raise InvalidHyperparameterError(
-        function, "key", key, f"one of {sorted(display) or '(none in this state)'}")
+    raise UnknownKeyError(function, key, sorted(display))
 
 
 def _optax_scheduled(state: Any) -> set[str]:
@@ -189,7 +199,7 @@ class Hyperparams(dict):
 
     A ``dict`` (and a pytree, so it can be returned from ``jit``) keyed by short names where
     they are unique and canonical keys (link paths) where not. Indexing also accepts the
-    canonical key of any entry and any unambiguous end of it; an ambiguous short name raises
+    canonical key of any entry; an ambiguous short name raises
     :class:`jopt.errors.AmbiguousKeyError` listing the candidates.
     """
 
@@ -207,14 +217,13 @@ class Hyperparams(dict):
         inverse = {c: k for k, c in self._canonical.items()}
         if key in inverse:
             return dict.__getitem__(self, inverse[key])
-        if isinstance(key, str):
-            matches = [k for k, c in self._canonical.items() if c.endswith("/" + key)]
-            if len(matches) == 1:
-                return dict.__getitem__(self, matches[0])
+        if isinstance(key, str) and "/" not in key:
+            matches = [k for k, c in self._canonical.items()
+                       if c.rpartition("/")[2] == key]
             if len(matches) > 1:
                 raise AmbiguousKeyError("get_hyperparams", key,
                                         [self._canonical[k] for k in matches])
-        raise KeyError(key)
+        raise UnknownKeyError("get_hyperparams", key, list(self))
 
     def __contains__(self, key) -> bool:
         try:
@@ -245,6 +254,7 @@ jax.tree_util.register_pytree_with_keys(
     Hyperparams, _flatten_hp, _unflatten_hp,
     flatten_func=lambda h: (tuple(h.values()), (tuple(h.keys()), tuple(
         h._canonical.get(k, k) for k in h.keys()))))
+serializable(Hyperparams)
 
 
 def _count(holder: Any) -> Any:
@@ -267,10 +277,10 @@ def get_hyperparams(state: Any) -> Hyperparams:
     will use. A name that occurs in one link only is listed as is (``"learning_rate"``); a
     name that occurs in several links is listed under its canonical key, the link's path in
     the state tree (``"0/max_norm"``, or ``"clip/max_norm"`` in a :func:`named_chain`).
-    Indexing accepts a listed key, a canonical key, or an unambiguous end of one
-    (``"2/learning_rate"``); an ambiguous short name raises
+    Indexing accepts a listed key or a canonical key; an ambiguous short name raises
     :class:`jopt.errors.AmbiguousKeyError` naming the candidates. ``.canonical()`` gives every
-    value under its canonical key, which adding links elsewhere never changes.
+    value under its canonical key, which appending links never changes (name the links with
+    :func:`jopt.named_chain` for keys that survive links inserted before them).
 
     Works under ``jit`` and ``vmap`` (values of a population come back batched), through
     flax ``nnx.Optimizer`` states (``opt.opt_state``), optax wrappers and both libraries'
@@ -303,6 +313,8 @@ def get_hyperparams(state: Any) -> Hyperparams:
     Raises:
       TreeMismatchError: for a state whose jopt types were lost (a checkpoint restored
         without a target: plain dicts and lists where jopt had its state types).
+      UnknownKeyError: when the returned dict is indexed with a key it does not have (a
+        ``KeyError`` listing the keys); AmbiguousKeyError for a short name of several.
     """
     entries = _find(_tree.unwrap_variables(state), "get_hyperparams")
     display = _display_keys(entries)
@@ -313,8 +325,8 @@ def get_hyperparams(state: Any) -> Hyperparams:
 def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
     """Returns a copy of ``state`` with some hyperparameters replaced.
 
-    Keys are those :func:`get_hyperparams` accepts (a listed key, a canonical key, or an
-    unambiguous end of one). A number replaces a number in place, in the stored dtype and
+    Keys are those :func:`get_hyperparams` accepts (a listed key or a canonical key; a short
+    name when it is unique). A number replaces a number in place, in the stored dtype and
     shape and on the stored devices, so a jitted step does not recompile; a number given for
     a scheduled value replaces the schedule by a constant (this changes the state's tree
     structure and so retraces a jitted step once); a schedule (a jopt schedule or any callable
@@ -336,10 +348,13 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
       The new state (the input is not modified).
 
     Raises:
-      InvalidHyperparameterError: for an unknown key (the message lists the known ones), or a
-        concrete value outside the range the owning transformation declares
-        (``learning_rate >= 0``, ``b1`` and ``b2`` in [0, 1), ...), or a schedule for a value
-        that optax's ``inject_hyperparams`` holds (it accepts numbers only).
+      UnknownKeyError: for an unknown key (a ``KeyError`` and an
+        ``InvalidHyperparameterError``; the message lists the known ones).
+      InvalidHyperparameterError: for a concrete value outside the range the owning
+        transformation declares (``learning_rate >= 0``, ``b1`` and ``b2`` in [0, 1), ...),
+        a schedule whose values leave that range, or a schedule for a value that optax's
+        ``inject_hyperparams`` holds (it accepts numbers only). Traced values are data and
+        are not checked.
       AmbiguousKeyError: for a short name that names several entries (the message lists
         their canonical keys).
       TreeMismatchError: for a state whose jopt types were lost (see :func:`get_hyperparams`).
@@ -350,8 +365,8 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
     pure = _tree.unwrap_variables(state)
     entries = _find(pure, function)
     display = _display_keys(entries)
-    # canonical key -> new stored value
-    changes: dict[str, Any] = {}
+    # (holder path, name) -> new stored value
+    changes: dict[tuple, Any] = {}
     chosen: dict[str, str] = {}
     for key, new in updates.items():
         e = entries[_resolve(function, key, entries, display, pure, new)]
@@ -361,15 +376,15 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, **kwarg
                 f"{chosen[e.canonical]!r})")
         chosen[e.canonical] = key
         if e.kind == "optax":
-            changes[e.canonical] = _optax_value(function, key, e, new)
+            changes[e.path, e.name] = _optax_value(function, key, e, new)
         elif e.kind == "inject":
             inner = _inner_entry(pure, e)
             stored = _store(function, key, inner, new)
-            changes["/".join(inner.path + (inner.name,))] = stored
-            changes[e.canonical] = value_now(stored, _count(inner.holder)).astype(
+            changes[inner.path, inner.name] = stored
+            changes[e.path, e.name] = value_now(stored, _count(inner.holder)).astype(
                 jnp.asarray(e.holder.hyperparams[e.name]).dtype)
         else:
-            changes[e.canonical] = _store(function, key, e, new)
+            changes[e.path, e.name] = _store(function, key, e, new)
     new_state = _replace(pure, changes)
     if _tree.has_variables(state):
         new_state = _tree.rewrap_variables(state, new_state)
@@ -380,7 +395,7 @@ def _inner_entry(pure: Any, e: _Entry) -> _Entry:
     """The entry of a jopt inject wrapper's inner state that a wrapper value sets."""
     inner: list[_Entry] = []
     _collect(e.holder.inner_state, e.path + ("inner_state",), inner, "set_hyperparams",
-             frozenset())
+             lambda canonical: False)
     for x in inner:
         if x.canonical == "/".join(e.path + ("inner_state",)) + "/" + e.target:
             return x
@@ -406,7 +421,17 @@ def _store(function: str, key: str, e: _Entry, new: Any) -> Any:
                 f"call set_hyperparams inside jax.vmap)")
     like = old if not (isinstance(old, Schedule) and not isinstance(old, OneMinus)) else None
     stored = decl.store(function, key, new, like=like)
-    return _tree.place_as(stored, old)
+    if stored is not None and (like is None or (isinstance(stored, Schedule)
+                                                 and not isinstance(stored, OneMinus))):
+        # A population state set outside vmap (its counter batched): a new schedule, or a
+        # number replacing one, gets the members' axes too, as every other leaf has them.
+        batch = tuple(np.shape(_count(holder)) if _count(holder) is not None else ())
+        if batch:
+            stored = jax.tree_util.tree_map(
+                lambda x: jnp.broadcast_to(x, batch + tuple(np.shape(x)))
+                if np.shape(x)[:len(batch)] != batch else x, stored)
+    # Buffers of the state's own: the caller's arrays must survive a donated step.
+    return _tree.place_as(fresh(stored), old)
 
 
 def _optax_value(function: str, key: str, e: _Entry, new: Any) -> Any:
@@ -424,13 +449,13 @@ def _optax_value(function: str, key: str, e: _Entry, new: Any) -> Any:
     return _tree.place_as(value, old)
 
 
-def _replace(state: Any, changes: dict[str, Any]) -> Any:
-    """``state`` with the entries named by canonical keys replaced by stored values."""
+def _replace(state: Any, changes: dict[tuple, Any]) -> Any:
+    """``state`` with the entries named by ``(holder path, name)`` replaced by stored
+    values."""
     if not changes:
         return state
     by_holder: dict[tuple[str, ...], dict[str, Any]] = {}
-    for canonical, value in changes.items():
-        *path, name = canonical.split("/")
+    for (path, name), value in changes.items():
         by_holder.setdefault(tuple(path), {})[name] = value
     return _replace_in(state, (), by_holder)
 

@@ -21,10 +21,13 @@ from jopt import _hyperparams, _tree
 from jopt._base import GradientTransformation
 from jopt._checks import check_state_type
 from jopt._registry import register
+from jopt._serialization import serializable
+from jopt._validate import bind
 from jopt.errors import AmbiguousKeyError, InvalidHyperparameterError
 from jopt.schedules._core import OneMinus, Schedule
 
 
+@serializable
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["count", "hyperparams", "inner_state"], meta_fields=["targets"])
 @dataclasses.dataclass(frozen=True)
@@ -79,15 +82,21 @@ def inject_hyperparams(
     ``jopt.adamw(learning_rate=schedule, b1=0.9)`` (values and schedules go straight into the
     factory: every jopt hyperparameter is data and may be a schedule) and wraps its state in an
     :class:`InjectHyperparamsState` whose ``hyperparams`` dict holds the current value of
-    every hyperparameter passed by keyword or position, as optax's does: read it for logging,
-    write a number to it to change a value for the next updates. :func:`jopt.get_hyperparams`
+    every numeric or scheduled argument, defaults included (as optax's does): read it for
+    logging, write a number to it to change a value for the next updates. A key the wrapper
+    does not hold is refused at the next update rather than dropped. :func:`jopt.get_hyperparams`
     and :func:`jopt.set_hyperparams` read and write the same values (and ``set_hyperparams``
     can replace a schedule).
 
-    Differences from optax: the values are float32 (or ``hyperparam_dtype``) whatever the
-    parameters' dtype, so bfloat16 parameters never turn ``b2 = 0.999`` into 1; an argument
-    that is not a hyperparameter of the built transformation (an integer block size, say) is
-    passed through as a static argument.
+    Differences from optax: the values are float32 (or ``hyperparam_dtype``, float32 or
+    float64) whatever the parameters' dtype, so bfloat16 parameters never turn ``b2 = 0.999``
+    into 1; an argument of a jopt factory that is not a hyperparameter of the built
+    transformation (an integer block size, say) is passed through as a static argument, and
+    for other factories such an argument is an error (it would silently not be injected).
+    A scheduled entry holds the value the *next* update uses (``schedule(count)``), as
+    :func:`jopt.get_hyperparams` reports it; optax's holds the value the last update used
+    (``schedule(count - 1)``), so a log of it ported from optax moves one step earlier. Both
+    hold ``schedule(0)`` after ``init``.
 
     (``optax.inject_hyperparams(jopt.adamw)`` works too: a jopt transformation built inside
     optax's wrapper uses the values optax passes at each step.)
@@ -103,8 +112,11 @@ def inject_hyperparams(
       :class:`GradientTransformation` with state :class:`InjectHyperparamsState`.
 
     Raises:
-      InvalidHyperparameterError: in ``init``, if an injected name matches several
-        hyperparameters of the inner state (the message lists them).
+      InvalidHyperparameterError: for a factory that is not callable, unknown
+        ``static_args``, a ``hyperparam_dtype`` narrower than float32, arguments the factory
+        does not take; in ``init``, if an injected name matches several hyperparameters of
+        the inner state (the message lists them) or, for a factory jopt did not declare,
+        none.
 
     Examples:
       >>> import jax.numpy as jnp, jopt
@@ -117,37 +129,74 @@ def inject_hyperparams(
       >>> updates["w"].tolist()
       [-0.5, -0.5]
     """
-    statics = {static_args} if isinstance(static_args, str) else set(static_args)
-    sig = inspect.signature(inner_factory)
+    name = "inject_hyperparams"
+    if not callable(inner_factory):
+        raise InvalidHyperparameterError(name, "inner_factory", inner_factory,
+                                         "a function returning a transformation")
+    if isinstance(static_args, str):
+        statics = {static_args}
+    else:
+        try:
+            statics = set(static_args)
+        except TypeError:
+            raise InvalidHyperparameterError(name, "static_args", static_args,
+                                             "a name or an iterable of names") from None
+    try:
+        sig = inspect.signature(inner_factory)
+    except (TypeError, ValueError):
+        raise InvalidHyperparameterError(name, "inner_factory", inner_factory,
+                                         "a function with a signature") from None
     unknown = statics - set(sig.parameters)
     if unknown:
         raise InvalidHyperparameterError(
-            "inject_hyperparams", "static_args", sorted(unknown),
+            name, "static_args", sorted(unknown),
             f"names of {getattr(inner_factory, '__name__', 'the factory')}'s arguments "
             f"({', '.join(sig.parameters)})")
-    dtype = np.dtype(hyperparam_dtype) if hyperparam_dtype is not None else np.dtype(np.float32)
+    dtype = np.dtype(np.float32)
+    if hyperparam_dtype is not None:
+        try:
+            dtype = np.dtype(jnp.dtype(hyperparam_dtype))
+        except TypeError:
+            dtype = None
+        # Narrower floats would round the values (b2 = 0.999 to 1 in bfloat16).
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or dtype.itemsize < 4:
+            raise InvalidHyperparameterError(
+                name, "hyperparam_dtype", hyperparam_dtype,
+                "None, float32 or float64 (narrower types would round the values: b2 = 0.999 "
+                "is 1.0 in bfloat16)")
     renames = getattr(inner_factory, "renames", {})
+    declared = getattr(inner_factory, "declaration", None) is not None or hasattr(
+        inner_factory, "renames")
 
     @functools.wraps(inner_factory)
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformation:
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        given = {k for k in sig.bind(*args, **kwargs).arguments}
+        bound = bind(f"{name}({getattr(inner_factory, '__name__', 'factory')})", sig, args,
+                     kwargs)
+        given = set(sig.bind(*args, **kwargs).arguments)
         inner = inner_factory(*args, **kwargs)
-        names = [k for k, v in bound.arguments.items() if k not in statics and k in given
+        # Every numeric or scheduled argument, defaults included, as optax's wrapper holds.
+        names = [k for k, v in bound.arguments.items() if k not in statics
                  and (_is_numeric(v) or _is_schedule(v))]
 
         def targets_of(inner_state):
             entries = _hyperparams._find(inner_state, "inject_hyperparams")
             canon = [e.canonical for e in entries]
             out = []
-            for name in names:
-                want = renames.get(name, name)
-                matches = [c for c in canon if c == want or c.endswith("/" + want)]
+            for arg in names:
+                want = renames.get(arg, arg)
+                matches = [c for c, e in zip(canon, entries) if e.name == want]
                 if len(matches) > 1:
-                    raise AmbiguousKeyError("inject_hyperparams", name, matches)
+                    raise AmbiguousKeyError("inject_hyperparams", arg, matches)
                 if matches:
-                    out.append((name, matches[0]))
+                    out.append((arg, matches[0]))
+                elif not declared and arg in given:
+                    # A factory jopt does not know: an argument that reaches no
+                    # hyperparameter would silently not be injected.
+                    raise InvalidHyperparameterError(
+                        name, arg, bound.arguments[arg],
+                        "the name of a hyperparameter of the transformation the factory builds "
+                        f"(it has {sorted({e.name for e in entries}) or 'none'}); name the "
+                        "argument like it, or list it in static_args")
             return tuple(out)
 
         def values(inner_state, targets):
@@ -167,7 +216,8 @@ def inject_hyperparams(
                                           inner_state=inner_state, targets=targets)
 
         def update_fn(updates, state, params=None, **extra_args):
-            check_state_type(name, state, InjectHyperparamsState)
+            check_state_type("inject_hyperparams", state, InjectHyperparamsState)
+            _check_keys(state)
             inner_state = _push(state)
             updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
             return updates, InjectHyperparamsState(
@@ -175,12 +225,16 @@ def inject_hyperparams(
                 hyperparams=values(inner_state, state.targets), inner_state=inner_state,
                 targets=state.targets)
 
-        name = f"inject_hyperparams({getattr(inner_factory, '__name__', 'factory')})"
-        return GradientTransformation._configured(
-            init_fn, update_fn, name=name, config=inner.config if isinstance(
-                inner, GradientTransformation) else {},
+        # A transformation jopt did not build keeps its unknown kind (packed values then
+        # need jopt.declare_kind); jopt's own run by their kinds inside the wrapper.
+        kind = "combinator" if isinstance(inner, GradientTransformation) and \
+            inner.kind is not None else None
+        built = GradientTransformation._configured(
+            init_fn, update_fn, name=f"{name}({getattr(inner_factory, '__name__', 'factory')})",
+            config=inner.config if isinstance(inner, GradientTransformation) else {},
             key=("inject_hyperparams", _key(inner), tuple(names), str(dtype)),
-            kind="combinator", links=(inner,))
+            kind=kind, links=(inner,))
+        return built
 
     return wrapped
 
@@ -189,6 +243,25 @@ def _key(tx: Any) -> Any:
     from jopt._config import config_key
 
     return config_key(tx)
+
+
+def _check_keys(state: InjectHyperparamsState) -> None:
+    """A key written into ``state.hyperparams`` that the wrapper does not hold would be
+    dropped without effect: refused, naming the keys it holds."""
+    held = [n for n, _ in state.targets]
+    if not isinstance(state.hyperparams, dict):
+        raise InvalidHyperparameterError(
+            "inject_hyperparams", "state.hyperparams", state.hyperparams,
+            f"a dict with the keys {held}")
+    extra = sorted(set(state.hyperparams) - set(held), key=str)
+    missing = [n for n in held if n not in state.hyperparams]
+    if extra or missing:
+        raise InvalidHyperparameterError(
+            "inject_hyperparams", "state.hyperparams keys", sorted(state.hyperparams, key=str),
+            f"the keys the wrapper holds, {held}"
+            + (f" ({extra} would have no effect" if extra else " (")
+            + (f"; {missing} removed" if missing else "")
+            + "); use jopt.set_hyperparams for a hyperparameter the wrapper does not hold")
 
 
 def _push(state: InjectHyperparamsState) -> Any:
@@ -202,6 +275,6 @@ def _push(state: InjectHyperparamsState) -> Any:
         if isinstance(old, Schedule) and not isinstance(old, OneMinus):
             continue  # the schedule wins, as with optax
         decl = type(e.holder)._jopt_hyperparams.get(e.name, _hyperparams._PLAIN)
-        changes[target] = decl.store("inject_hyperparams", name, state.hyperparams[name],
-                                     like=old)
+        changes[e.path, e.name] = decl.store("inject_hyperparams", name,
+                                             state.hyperparams[name], like=old)
     return _hyperparams._replace(state.inner_state, changes)

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jopt import _tree
+from jopt._serialization import serializable
+from jopt._validate import checked_call
 from jopt.errors import LayoutError, PackedMismatchError, TreeMismatchError
 
 
@@ -125,6 +127,13 @@ class Layout:
                     f"{_dtype(x).name}{list(np.shape(x))}")
         if not dtypes:
             self._check_group_dtypes(leaves, what, transformation)
+        if any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):
+            # Abstract leaves (tx.init on ShapeDtypeStructs): abstract buffers of the layout.
+            return Packed(tuple(
+                jax.ShapeDtypeStruct(self.shapes[self.group_of.index(g)] if self.solo[g]
+                                     else (self.group_sizes[g],),
+                                     leaves[self.group_of.index(g)].dtype)
+                for g in range(len(self.group_dtypes))), self)
         parts: list[list[jax.Array]] = [[] for _ in self.group_dtypes]
         for i, x in enumerate(leaves):
             parts[self.group_of[i]].append(jnp.asarray(x))
@@ -304,8 +313,10 @@ jax.tree_util.register_pytree_with_keys(
     Packed, _flatten_packed, lambda layout, buffers: Packed(tuple(buffers), layout),
     flatten_func=lambda p: (p.buffers, p.layout),
 )
+serializable(Packed)
 
 
+@checked_call
 def pack(tree: Any) -> Packed:
     """Packs a tree of arrays into flat buffers, one per dtype (the packed mode).
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jopt._serialization import serializable
 from jopt.errors import InvalidHyperparameterError
 
 __all__ = ["QuantizedArray", "dequantize_blockwise", "dynamic_map", "quantize_blockwise"]
@@ -146,6 +147,7 @@ def dynamic_map(signed: bool) -> np.ndarray:
     return _tables(bool(signed))[0].copy()
 
 
+@serializable
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["codes", "absmax"],

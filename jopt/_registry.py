@@ -10,6 +10,8 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jopt._validate import checked_call
+
 __all__ = ["Entry", "REGISTRY", "register"]
 
 
@@ -60,7 +62,8 @@ def register(*, examples: Mapping[str, Any], descends: bool = False,
     conformance tests build it with (see :class:`Entry`)."""
 
     def wrap(factory):
-        add(factory.__name__, factory, examples, descends, needs_value)
-        return factory
+        checked = checked_call(factory)
+        add(factory.__name__, checked, examples, descends, needs_value)
+        return checked
 
     return wrap

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt.errors import InvalidHyperparameterError
+from jopt.errors import InvalidCallError, InvalidHyperparameterError
 
 _F32_MAX = float(np.finfo(np.float32).max)
 _I32_MAX = int(np.iinfo(np.int32).max)
@@ -46,6 +49,35 @@ def as_float(transformation: str, name: str, value: Any) -> float | None:
         ) from None
 
 
+def describe_range(
+    *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+    hi_open: bool = False, integer: bool = False,
+) -> str:
+    """A range in words: ``"in [0, 1)"``, ``">= 0"``, ``"an integer >= 1"``."""
+    lo_sym = "(" if lo_open else "["
+    hi_sym = ")" if hi_open else "]"
+    if lo is not None and hi is not None:
+        requirement = f"in {lo_sym}{lo:g}, {hi:g}{hi_sym}"
+    elif lo is not None:
+        requirement = f"{'>' if lo_open else '>='} {lo:g}"
+    elif hi is not None:
+        requirement = f"{'<' if hi_open else '<='} {hi:g}"
+    else:
+        return "an integer" if integer else "a finite real number"
+    return "an integer " + requirement if integer else requirement
+
+
+def in_range(
+    x: float, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+    hi_open: bool = False, integer: bool = False,
+) -> bool:
+    """Whether the number ``x`` lies in the range (integrality is not checked)."""
+    del integer
+    if lo is not None and (x < lo or (lo_open and x == lo)):
+        return False
+    return not (hi is not None and (x > hi or (hi_open and x == hi)))
+
+
 def check_real(
     transformation: str,
     name: str,
@@ -71,18 +103,8 @@ def check_real(
     x = as_float(transformation, name, value)
     if x is None:
         return
-    lo_sym = "(" if lo_open else "["
-    hi_sym = ")" if hi_open else "]"
-    if lo is not None and hi is not None:
-        requirement = f"in {lo_sym}{lo:g}, {hi:g}{hi_sym}"
-    elif lo is not None:
-        requirement = f"{'>' if lo_open else '>='} {lo:g}"
-    elif hi is not None:
-        requirement = f"{'<' if hi_open else '<='} {hi:g}"
-    else:
-        requirement = "a finite real number"
-    if integer:
-        requirement = "an integer " + requirement if requirement else "an integer"
+    requirement = describe_range(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open,
+                                 integer=integer)
     if not math.isfinite(x):
         raise InvalidHyperparameterError(transformation, name, value, f"finite ({requirement})")
     if abs(x) > _F32_MAX:
@@ -95,9 +117,7 @@ def check_real(
         )
     if integer and x != int(x):
         raise InvalidHyperparameterError(transformation, name, value, requirement)
-    if lo is not None and (x < lo or (lo_open and x == lo)):
-        raise InvalidHyperparameterError(transformation, name, value, requirement)
-    if hi is not None and (x > hi or (hi_open and x == hi)):
+    if not in_range(x, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open):
         raise InvalidHyperparameterError(transformation, name, value, requirement)
 
 
@@ -126,3 +146,35 @@ def check_dtype_option(transformation: str, name: str, value: Any) -> np.dtype |
             transformation, name, value, "None or a floating dtype (e.g. 'bfloat16')"
         )
     return dtype
+
+
+def bind(function: str, signature: inspect.Signature, args: tuple, kwargs: dict
+         ) -> inspect.BoundArguments:
+    """``args`` and ``kwargs`` bound to ``signature`` (defaults applied), or
+    :class:`InvalidCallError` showing the signature."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as e:
+        raise InvalidCallError(function, _plain(signature), str(e)) from None
+    bound.apply_defaults()
+    return bound
+
+
+def checked_call(fn: Callable) -> Callable:
+    """Wraps a public function so that a call with arguments it does not take raises
+    :class:`InvalidCallError` (a ``TypeError``) naming it and showing its signature."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        bind(fn.__name__, signature, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return call
+
+
+def _plain(signature: inspect.Signature) -> str:
+    """``(learning_rate, b1=0.9, *, nesterov=False)``: a signature without annotations."""
+    params = [p.replace(annotation=inspect.Parameter.empty)
+              for p in signature.parameters.values()]
+    return str(signature.replace(parameters=params, return_annotation=inspect.Signature.empty))

@@ -17,9 +17,14 @@ Hierarchy
 ``InvalidHyperparameterError`` (``InvalidArgumentError``)
     A hyperparameter is outside its allowed range, of the wrong type, or an argument name is
     unknown. Carries ``transformation``, ``name``, ``value`` and ``requirement``.
+``InvalidCallError`` (``InvalidHyperparameterError``, ``TypeError``)
+    A factory was called with arguments it does not take (an unknown keyword, too many
+    positional arguments): the message shows its signature.
 ``AmbiguousKeyError`` (``InvalidHyperparameterError``, ``KeyError``)
     A short hyperparameter name (``"learning_rate"``) names several links of a state; the
     message lists the full keys to choose from.
+``UnknownKeyError`` (``InvalidHyperparameterError``, ``KeyError``)
+    A key names no hyperparameter of a state; the message lists the keys there are.
 ``TreeMismatchError`` (``InvalidArgumentError``)
     Gradients, parameters and optimizer state disagree in structure, shape or dtype. Carries
     ``transformation``, ``path``, ``expected`` and ``got``.
@@ -46,7 +51,9 @@ __all__ = [
     "JoptError",
     "InvalidArgumentError",
     "InvalidHyperparameterError",
+    "InvalidCallError",
     "AmbiguousKeyError",
+    "UnknownKeyError",
     "TreeMismatchError",
     "LayoutError",
     "PackedMismatchError",
@@ -85,6 +92,25 @@ class InvalidHyperparameterError(InvalidArgumentError):
         super().__init__(f"{transformation}: {name} must be {requirement}; got {value!r}.")
 
 
+class InvalidCallError(InvalidHyperparameterError, TypeError):
+    """A jopt function was called with arguments it does not take (also a ``TypeError``, as
+    Python raises for a wrong call)."""
+
+    def __init__(self, function: str, signature: str, reason: str):
+        super().__init__(function, "arguments", _Text(reason), f"those of {function}{signature}")
+        self.message = f"{function}: {reason}; it takes {function}{signature}."
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Text(str):
+    """Shown as is in a message (``repr`` without quotes)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 class AmbiguousKeyError(InvalidHyperparameterError, KeyError):
     """A short hyperparameter name matches several entries of a state.
 
@@ -102,6 +128,21 @@ class AmbiguousKeyError(InvalidHyperparameterError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.message
+
+
+class UnknownKeyError(InvalidHyperparameterError, KeyError):
+    """A key names no hyperparameter of a state (``get_hyperparams(state)["lr"]``).
+
+    Attributes:
+      keys: the keys the state has.
+    """
+
+    def __init__(self, transformation: str, key: Any, keys: list[str]):
+        self.keys = list(keys)
+        super().__init__(transformation, "key", key, f"one of {self.keys or '(none)'}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
 
 
 class TreeMismatchError(InvalidArgumentError):

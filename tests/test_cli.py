@@ -413,6 +413,8 @@ def test_reduce_on_plateau_reduces_and_matches_optax(tmp_path, capsys):
     (["--population", "weight_decay=-1e-4"], "must be >= 0"),
     (["--population", "weight_decay=1e-4,1e-3", "--optimizer", "sgd"],
      "needs --optimizer adamw"),
+    (["--weight-decay", "0.1", "--optimizer", "sgd"], "--weight-decay needs --optimizer adamw"),
+    (["--weight-decay", "0", "--optimizer", "adam"], "--weight-decay needs --optimizer adamw"),
     (["--population", "learning_rate=1e-3,1e-2", "--compare", "optax"],
      "cannot be combined with --population"),
     (["--plateau-factor", "0.3"], "need --reduce-on-plateau"),

@@ -504,3 +504,31 @@ def test_apply_updates_adds_float16_and_bfloat16_in_float32():
     back = jopt.apply_updates({"b": jnp.asarray([1.0], jnp.bfloat16)},
                               {"b": jnp.asarray([2.0**-9], jnp.float16)})
     assert back["b"].dtype == jnp.bfloat16 and float(back["b"][0]) == 1.0
+
+
+def _flax_cases():
+    """(id, factory, packed) for every registered transformation, packed where its kind
+    takes packed values (the others refuse them: test_layout)."""
+    cases = []
+    for name, factory, _ in REGISTRY:
+        cases.append(pytest.param(factory, False, id=f"{name}-tree"))
+        if factory().kind in ("elementwise", "combinator"):
+            cases.append(pytest.param(factory, True, id=f"{name}-packed"))
+    return cases
+
+
+@pytest.mark.parametrize("factory,packed", _flax_cases())
+def test_state_round_trips_through_flax_serialization(factory, packed):
+    """flax.serialization.to_bytes/from_bytes (the checkpoint format of flax's own
+    utilities) writes every state and restores it bitwise into a target state; jopt's pytree
+    node types (schedules, OneMinus complements, 8-bit buffers, packed buffers) are
+    registered with it."""
+    serialization = pytest.importorskip("flax.serialization")
+    tx = factory()
+    params = jopt.pack(make_params()) if packed else make_params()
+    state = tx.init(params)
+    for i in range(2):
+        grads = _grads(make_params(), i)
+        _, state = tx.update(jopt.pack(grads) if packed else grads, state, params)
+    restored = serialization.from_bytes(tx.init(params), serialization.to_bytes(state))
+    assert tree_equal(restored, state)

@@ -41,6 +41,20 @@ def _contributing_example():
 scale_by_lion, EXAMPLE_LINES = _contributing_example()
 
 
+def _contributing_optimizer():
+    """The named optimizer of CONTRIBUTING.md, built on the worked example's block."""
+    with open(os.path.join(HERE, "..", "CONTRIBUTING.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("## A named optimizer"):text.index("## Wrappers")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {"__name__": "contributing_example", "scale_by_lion": scale_by_lion}
+    try:
+        exec(compile(code, "CONTRIBUTING.md", "exec"), namespace)
+    finally:
+        REGISTRY.pop("lion", None)  # a tutorial, not a public factory
+    return namespace["lion"]
+
+
 def _np_lion(grads, b1=0.9, b2=0.99):
     """Lion from the paper's equations (Chen et al. 2023, arXiv:2302.06675), float64."""
     m = np.zeros_like(grads[0], dtype=np.float64)
@@ -71,6 +85,24 @@ def test_worked_example_matches_the_paper():
         np.testing.assert_array_equal(np.asarray(u), want)
     # The momentum after 30 steps: float32 accumulation of 30 terms, 1e-6 relative.
     np.testing.assert_allclose(np.asarray(state.mu), ref_m, rtol=1e-5, atol=1e-7)
+
+
+def test_named_optimizer_example_is_lion_with_decoupled_decay():
+    lion = _contributing_optimizer()
+    tx = lion(1e-2, weight_decay=0.1)
+    assert repr(tx).startswith("lion(learning_rate=0.01")
+    rng = np.random.default_rng(1)
+    grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(5)]
+    p = np.asarray(rng.normal(size=(3, 4)), np.float64)
+    params = jnp.asarray(p, jnp.float32)
+    state = tx.init(params)
+    ref_u, _ = _np_lion(grads)
+    for g, u_ref in zip(grads, ref_u):
+        u, state = tx.update(jnp.asarray(g), state, params)
+        params = jopt.apply_updates(params, u)
+        p = p - 1e-2 * (u_ref + 0.1 * p)  # the paper's Algorithm 2, decoupled decay
+    # Five float32 steps of size 1e-2: a few float32 roundings of the parameters.
+    np.testing.assert_allclose(np.asarray(params), p, rtol=1e-6, atol=1e-6)
 
 
 def test_worked_example_gets_the_contract():
@@ -245,7 +277,7 @@ def test_foreign_per_leaf_rule_declared_is_right_and_undeclared_is_refused():
     for other in (flat, packed):
         for x, y in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(other)):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-6)
-    with pytest.raises(LayoutError, match=r"chain: link #1 \(a optax .*declare_kind"):
+    with pytest.raises(LayoutError, match=r"chain: link #1 \(an optax .*declare_kind"):
         make(False).init(jopt.pack(_params()))
     with pytest.raises(LayoutError, match="flatten: link inner"):
         jopt.flatten(optax.scale_by_trust_ratio())

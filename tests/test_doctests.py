@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["jopt._aliases", "jopt._chain", "jopt._hyperparams", "jopt._early_stopping",
-           "jopt.schedules._standard", "jopt._scale", "jopt._clip", "jopt._weight_decay",
+           "jopt.schedules._standard", "jopt.schedules._piecewise", "jopt._scale", "jopt._clip",
+           "jopt._weight_decay",
            "jopt._base", "jopt._tree", "jopt._rounding", "jopt._layout", "jopt._flatten",
            "jopt._quantize", "jopt._codecs", "jopt._inject", "jopt._declare"]
 

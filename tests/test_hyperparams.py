@@ -204,7 +204,9 @@ def test_jopt_inject_hyperparams_state_access_as_optax():
     params = make_params()
     state = tx.init(params)
     assert isinstance(state, jopt.InjectHyperparamsState)
-    assert set(state.hyperparams) == {"learning_rate", "b1"}
+    # Every numeric argument, defaults included, as optax's wrapper holds them.
+    assert list(state.hyperparams) == list(
+        optax.inject_hyperparams(optax.adamw)(learning_rate=1e-2, b1=0.8).init(params).hyperparams)
     assert all(v.dtype == jnp.float32 for v in state.hyperparams.values())
     step = jax.jit(tx.update)
     g = jax.tree_util.tree_map(jnp.ones_like, params)

@@ -1,7 +1,9 @@
 """jopt transformations work wherever optax ones do, and optax ones work inside jopt chains."""
 
+import os
 import subprocess
 import sys
+import textwrap
 
 import flax
 import jax
@@ -265,3 +267,30 @@ def test_jopt_works_without_optax():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "missing: to_optax needs optax" in r.stdout
+
+
+@pytest.mark.parametrize("flax_first", [True, False], ids=["flax_first", "jopt_first"])
+def test_flax_serialization_knows_jopt_types_in_either_import_order(flax_first):
+    """jopt registers its node types with flax.serialization without importing flax: at
+    once when flax is loaded, else when it is (an import hook that then removes itself)."""
+    pytest.importorskip("flax")
+    code = textwrap.dedent(f"""
+        import sys
+        if {flax_first}:
+            import flax.serialization
+        import jax.numpy as jnp, jopt
+        assert ("flax" in sys.modules) == {flax_first}, "jopt imported flax"
+        from flax import serialization
+        tx = jopt.adamw(jopt.linear(0.0, 1e-3, 10))
+        state = tx.init({{"w": jnp.ones(3)}})
+        back = serialization.from_bytes(state, serialization.to_bytes(state))
+        import jax, numpy as np
+        assert jax.tree.structure(back) == jax.tree.structure(state)
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(jax.tree.leaves(back), jax.tree.leaves(state)))
+        assert not any(type(f).__module__ == "jopt._serialization" for f in sys.meta_path)
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -21,6 +21,7 @@ ROOT = os.path.dirname(jopt.__file__)
 ORDER = [
     "jopt.errors",
     "jopt._config",
+    "jopt._serialization",
     "jopt._validate",
     "jopt._rounding",
     "jopt._tree",
@@ -29,6 +30,7 @@ ORDER = [
     "jopt._quantize",
     "jopt._checks",
     "jopt.schedules._core",
+    "jopt.schedules._piecewise",
     "jopt.schedules._standard",
     "jopt.schedules",
     "jopt._hyper",

@@ -12,6 +12,7 @@ import numpy as np
 from jopt.cli._common import (
     DATASETS,
     DEFAULT_WARMUP_STEPS,
+    DEFAULT_WEIGHT_DECAY,
     EXAMPLES_HINT,
     HIDDEN_SIZES,
     PLATEAU_DEFAULTS,
@@ -155,13 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="linear warm-up from 0 to the peak learning rate, in updates "
                             f"(default: {DEFAULT_WARMUP_STEPS}, or a tenth of the planned "
                             "steps if that is less)")
-    # 1e-3 rather than 1e-4: accuracy is the same, and a learning rate far too large
-    # (lr * weight_decay > 2) then makes decoupled decay blow the weights up to inf/NaN, so a
-    # diverging run is caught as such by early stopping instead of oscillating at huge but
-    # finite losses (with 1e-4 and --learning-rate 1e4, lr * wd = 1 keeps them bounded).
-    train.add_argument("--weight-decay", type=_nonneg_float, default=1e-3,
-                       help="decoupled weight decay (" + ", ".join(
-                           k for k, r in OPTIMIZERS.items() if r.weight_decay) + " only)")
+    # DEFAULT_WEIGHT_DECAY is 1e-3 rather than 1e-4: accuracy is the same, and a learning
+    # rate far too large (lr * weight_decay > 2) then makes decoupled decay blow the weights
+    # up to inf/NaN, so a diverging run is caught as such by early stopping instead of
+    # oscillating at huge but finite losses (with 1e-4 and --learning-rate 1e4, lr * wd = 1
+    # keeps them bounded).
+    train.add_argument("--weight-decay", type=_nonneg_float, default=None,
+                       help=f"decoupled weight decay (default {DEFAULT_WEIGHT_DECAY:g}; "
+                            + ", ".join(k for k, r in OPTIMIZERS.items() if r.weight_decay)
+                            + " only: an error with other optimizers)")
     train.add_argument("--moments", choices=MOMENTS, default="float32",
                        help="storage of the optimizer's moments: float32; bfloat16 (adam's "
                             "first moment, mu_dtype, or sgd's momentum); 8bit (block-wise "
@@ -229,13 +232,18 @@ def config(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
         warmup = min(DEFAULT_WARMUP_STEPS, total // 10)
     recipe = OPTIMIZERS[args.optimizer]
     learning_rate = args.learning_rate if args.learning_rate is not None else recipe.learning_rate
+    if args.weight_decay is not None and not recipe.weight_decay:
+        takes = ", ".join(k for k, r in OPTIMIZERS.items() if r.weight_decay)
+        raise CLIError(f"--weight-decay needs --optimizer {takes} (--optimizer "
+                       f"{args.optimizer} has no weight decay; it would be ignored)")
+    weight_decay = DEFAULT_WEIGHT_DECAY if args.weight_decay is None else args.weight_decay
     cfg = {
         "dataset": data["name"],
         "optimizer": args.optimizer,
         "learning_rate": learning_rate,
         "schedule": args.schedule,
         "warmup_steps": warmup,
-        "weight_decay": args.weight_decay if recipe.weight_decay else None,
+        "weight_decay": weight_decay if recipe.weight_decay else None,
         "clip_norm": args.clip_norm,
         "batch_size": args.batch_size,
         "epochs": args.epochs,

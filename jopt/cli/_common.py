@@ -14,6 +14,7 @@ SPLIT_SEED = 0
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
 DEFAULT_WARMUP_STEPS = 50
+DEFAULT_WEIGHT_DECAY = 1e-3
 EXAMPLES_HINT = 'pip install "jopt[examples]"'
 PLATEAU_DEFAULTS = {"factor": 0.5, "patience": 3, "cooldown": 0, "min_delta": 1e-4}
 # Exit status of a run interrupted with Ctrl-C (128 + SIGINT), as shells report it.

@@ -58,6 +58,10 @@ def _finish(fig: Any, ax_lr: Any, path: str, lr_title: str, title: str) -> None:
     ax_lr.set_title(lr_title)
     ax_lr.grid(alpha=0.3)
     fig.suptitle(title)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:  # steps and epochs are whole numbers, also on short runs
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.savefig(path, dpi=110)
 
 

@@ -16,18 +16,18 @@ with optax's arguments.
 from jopt.schedules._core import CallableSchedule as CallableSchedule
 from jopt.schedules._core import OneMinus as OneMinus
 from jopt.schedules._core import Schedule as Schedule
+from jopt.schedules._piecewise import join as join
+from jopt.schedules._piecewise import join_schedules as join_schedules
+from jopt.schedules._piecewise import piecewise_constant as piecewise_constant
+from jopt.schedules._piecewise import piecewise_constant_schedule as piecewise_constant_schedule
 from jopt.schedules._standard import constant as constant
 from jopt.schedules._standard import constant_schedule as constant_schedule
 from jopt.schedules._standard import cosine_decay as cosine_decay
 from jopt.schedules._standard import cosine_decay_schedule as cosine_decay_schedule
 from jopt.schedules._standard import exponential_decay as exponential_decay
-from jopt.schedules._standard import join as join
-from jopt.schedules._standard import join_schedules as join_schedules
 from jopt.schedules._standard import linear as linear
 from jopt.schedules._standard import linear_schedule as linear_schedule
 from jopt.schedules._standard import make_schedule as make_schedule
-from jopt.schedules._standard import piecewise_constant as piecewise_constant
-from jopt.schedules._standard import piecewise_constant_schedule as piecewise_constant_schedule
 from jopt.schedules._standard import warmup_cosine_decay as warmup_cosine_decay
 from jopt.schedules._standard import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
 

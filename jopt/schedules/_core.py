@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jopt._config import config_key
+from jopt._serialization import serializable
 from jopt._validate import as_state_scalar
 
 _I32_MAX = int(np.iinfo(np.int32).max)
@@ -47,11 +48,16 @@ def fmt_leaf(v: Any) -> str:
 def as_count(count: Any) -> jax.Array:
     """The step count as an array: int32 for any integer (or bool) count, unsigned counts
     beyond the int32 range saturating at ``2**31 - 1``; a floating count as it is."""
+    if isinstance(count, (int, np.integer)) and not isinstance(count, (bool, np.bool_)):
+        # A Python or NumPy integer beyond int32 (x64 off would wrap it): saturate on the host.
+        count = np.int64(min(max(int(count), -_I32_MAX - 1), _I32_MAX))
     c = jnp.asarray(count)
     if jnp.issubdtype(c.dtype, jnp.floating):
         return c
-    if jnp.issubdtype(c.dtype, jnp.unsignedinteger) and c.dtype.itemsize >= 4:
-        c = jnp.minimum(c, jnp.asarray(_I32_MAX, c.dtype))
+    if c.dtype.itemsize >= 4 and c.dtype != jnp.int32:
+        # uint32, int64, uint64 (with x64): saturate at the int32 range instead of wrapping.
+        lo = 0 if jnp.issubdtype(c.dtype, jnp.unsignedinteger) else -_I32_MAX - 1
+        c = jnp.clip(c, jnp.asarray(lo, c.dtype), jnp.asarray(_I32_MAX, c.dtype))
     return c.astype(jnp.int32)
 
 
@@ -112,9 +118,20 @@ class Schedule:
             return obj
 
         jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+        serializable(cls)
 
     def __call__(self, count: Any) -> jax.Array:
         raise NotImplementedError
+
+    def value_range(self) -> tuple[float, float] | None:
+        """The least and the greatest value the schedule takes over all steps (over every
+        member, for a population), or ``None`` when that is not known (a plain callable, or
+        numbers that are traced). Transformations check it against the hyperparameter's range
+        when the schedule is given, so a learning rate that would turn negative, or a ``b1``
+        that would reach 1, is refused when it is set rather than found as NaNs later.
+        A value approached without end (exponential decay towards 0) counts as reached:
+        float32 reaches it."""
+        return None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{f}={fmt_leaf(getattr(self, f))}" for f in self._leaves + self._static)
@@ -154,6 +171,22 @@ class CallableSchedule(Schedule):
 
     def __repr__(self):
         return f"callable_schedule({getattr(self.fn, '__name__', repr(self.fn))})"
+
+
+def concrete(*values: Any) -> list[np.ndarray] | None:
+    """The values as float64 NumPy arrays, or ``None`` if any is traced."""
+    if any(isinstance(v, jax.core.Tracer) for v in values):
+        return None
+    return [np.asarray(v, np.float64) for v in values]
+
+
+def span(*candidates: Any) -> tuple[float, float] | None:
+    """``(min, max)`` over all elements of the candidate values (``None`` if any is traced)."""
+    arrays = concrete(*candidates)
+    if arrays is None:
+        return None
+    flat = np.concatenate([a.reshape(-1) for a in arrays])
+    return float(flat.min()), float(flat.max())
 
 
 def evaluate(value: Any, count: Any) -> jax.Array:
@@ -219,6 +252,10 @@ class OneMinus(Schedule):
             # Rounded once from double precision.
             comp = as_state_scalar(arr.astype(target))
         return make(cls, complement=comp)
+
+    def value_range(self):
+        got = concrete(self.complement)
+        return None if got is None else span(1.0 - got[0])
 
     def __repr__(self):
         c = self.complement

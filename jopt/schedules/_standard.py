@@ -1,30 +1,31 @@
 """The standard schedules (``constant``, ``linear``, ``cosine_decay``, ``warmup_cosine_decay``,
-``exponential_decay``, ``piecewise_constant``, ``join``), ``make_schedule`` and optax's
-spellings of them. See :mod:`jopt.schedules._core` for the rules every schedule follows.
+``exponential_decay``), ``make_schedule`` (which also builds those of
+:mod:`jopt.schedules._piecewise`) and optax's spellings of them. See
+:mod:`jopt.schedules._core` for the rules every schedule follows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt._validate import as_state_scalar, check_real
+from jopt._validate import as_state_scalar, check_real, checked_call
 from jopt.errors import InvalidHyperparameterError
 from jopt.schedules._core import (
-    CallableSchedule,
     Schedule,
-    as_count,
     as_step_field,
+    concrete,
     count_as_float,
     fmt_leaf,
     make,
     since,
+    span,
 )
+from jopt.schedules._piecewise import join, piecewise_constant
 
 
 class Constant(Schedule):
@@ -37,7 +38,11 @@ class Constant(Schedule):
         del count
         return jnp.asarray(self.value)
 
+    def value_range(self):
+        return span(self.value)
 
+
+@checked_call
 def constant(value: float) -> Schedule:
     """A schedule that returns ``value`` at every step.
 
@@ -65,6 +70,9 @@ class Linear(Schedule):
         return _ramp(t, self.init_value, self.end_value,
                      self.transition_steps.astype(t.dtype))
 
+    def value_range(self):
+        return span(self.init_value, self.end_value)
+
 
 def _ramp(t, start, end, steps):
     """Linear from ``start`` (t <= 0) to ``end`` (t >= steps), as ``(start - end)(1 - t/T) + end``.
@@ -83,6 +91,7 @@ def _ramp(t, start, end, steps):
     return jnp.where(c <= 0, start, (start - end) * frac + end)
 
 
+@checked_call
 def linear(
     init_value: float, end_value: float, transition_steps: int, transition_begin: int = 0
 ) -> Schedule:
@@ -141,7 +150,12 @@ class CosineDecay(Schedule):
         return _cosine(t, self.init_value, self.decay_steps.astype(t.dtype), self.alpha,
                        self.exponent)
 
+    def value_range(self):
+        got = concrete(self.init_value, self.alpha)
+        return None if got is None else span(got[0], got[0] * got[1])
 
+
+@checked_call
 def cosine_decay(
     init_value: float, decay_steps: int, alpha: float = 0.0, exponent: float = 1.0
 ) -> Schedule:
@@ -205,7 +219,16 @@ class WarmupCosineDecay(Schedule):
                           + self.end_value)
         return jnp.where(after < 0, warm, decay)
 
+    def value_range(self):
+        got = concrete(self.init_value, self.peak_value, self.end_value, self.warmup_steps)
+        if got is None:
+            return None
+        init, peak, end, warmup = got
+        # Without warm-up the schedule starts at the peak: init_value is never taken.
+        return span(np.where(warmup > 0, init, peak), peak, end)
 
+
+@checked_call
 def warmup_cosine_decay(
     init_value: float,
     peak_value: float,
@@ -296,6 +319,21 @@ class ExponentialDecay(Schedule):
                           jnp.minimum(v, self.end_value))
         return v
 
+    def value_range(self):
+        got = concrete(self.init_value, self.decay_rate, self.end_value)
+        if got is None:
+            return None
+        init, rate, end = np.broadcast_arrays(*got)
+        # init * rate**p for p from 0 on: towards 0 (rate < 1) or towards +-inf (rate > 1).
+        with np.errstate(invalid="ignore"):
+            limit = np.where(rate < 1, 0.0, np.where(rate > 1, init * np.inf, init))
+        limit = np.where(init == 0, 0.0, limit)
+        lo, hi = np.minimum(init, limit), np.maximum(init, limit)
+        if self.has_end_value:  # a floor when decaying, a ceiling when growing
+            lo = np.where(rate < 1, np.maximum(lo, end), np.minimum(lo, end))
+            hi = np.where(rate < 1, np.maximum(hi, end), np.minimum(hi, end))
+        return span(lo, hi)
+
     def __repr__(self):
         def n(x):
             return fmt_leaf(x)
@@ -309,6 +347,7 @@ class ExponentialDecay(Schedule):
         )
 
 
+@checked_call
 def exponential_decay(
     init_value: float,
     transition_steps: int,
@@ -360,169 +399,11 @@ def exponential_decay(
     )
 
 
-def _check_boundaries(name: str, boundaries: Sequence[int], *, strict: bool = True) -> jax.Array:
-    if isinstance(boundaries, (str, bytes)) or not hasattr(boundaries, "__iter__"):
-        raise InvalidHyperparameterError(name, "boundaries", boundaries, "a sequence of integers")
-    bounds = list(boundaries)
-    for b in bounds:
-        check_real(name, "boundaries", b, lo=0, integer=True)
-    if strict and any(b1 >= b2 for b1, b2 in zip(bounds, bounds[1:])):
-        raise InvalidHyperparameterError(name, "boundaries", boundaries, "strictly increasing")
-    if not strict and any(b1 > b2 for b1, b2 in zip(bounds, bounds[1:])):
-        raise InvalidHyperparameterError(name, "boundaries", boundaries,
-                                         "non-decreasing (repeated boundaries are allowed)")
-    return jnp.asarray(bounds, dtype=jnp.int32).reshape(len(bounds))
-
-
-def _reached(count: Any, boundaries: jax.Array) -> jax.Array:
-    """How many boundaries ``count`` has reached (``count >= b``), in the count's arithmetic."""
-    c = as_count(count)
-    return jnp.sum((c >= boundaries.astype(c.dtype)).astype(jnp.int32))
-
-
-class PiecewiseConstant(Schedule):
-    """The pytree built by :func:`piecewise_constant`; see there for the formula and the fields."""
-
-    _leaves = ("boundaries", "values")
-    _name = "piecewise_constant"
-
-    def __call__(self, count):
-        return self.values[_reached(count, self.boundaries)]
-
-
-def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
-    """A step function: ``values[i]`` for ``boundaries[i-1] <= t < boundaries[i]``.
-
-    .. math::
-       v(t) = \\text{values}[\\#\\{i : t \\ge b_i\\}]
-
-    (Equivalent to optax's ``piecewise_constant_schedule(init_value, boundaries_and_scales)``
-    with ``values`` the running products of the scales.)
-
-    Args:
-      boundaries: strictly increasing update counts, each >= 0.
-      values: ``len(boundaries) + 1`` values.
-
-    Returns:
-      A pytree :class:`Schedule`.
-
-    Raises:
-      InvalidHyperparameterError: if the lengths disagree or boundaries are not increasing.
-    """
-    name = "piecewise_constant"
-    b = _check_boundaries(name, boundaries)
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise InvalidHyperparameterError(name, "values", values, "a sequence of numbers")
-    values = list(values)
-    if len(values) != b.shape[0] + 1:
-        raise InvalidHyperparameterError(
-            name, "values", values, f"a sequence of len(boundaries) + 1 = {b.shape[0] + 1} numbers"
-        )
-    for v in values:
-        check_real(name, "values", v)
-    return make(PiecewiseConstant, boundaries=b, values=jnp.asarray(values, jnp.float32))
-
-
-class Join(Schedule):
-    """The pytree built by :func:`join`; see there for the formula and the fields."""
-
-    _leaves = ("schedules", "boundaries")
-    _name = "join"
-
-    def __call__(self, count):
-        count = as_count(count)
-        # The last piece whose boundary is <= count is active (with repeated boundaries the
-        # pieces between them are empty and never used); it sees count - its boundary.
-        idx = _reached(count, self.boundaries)
-        starts = jnp.concatenate([jnp.zeros([1], jnp.int32), self.boundaries])
-        start = starts[idx].astype(count.dtype)
-        outs = jnp.stack([jnp.asarray(s(count - start)).astype(jnp.float32)
-                          for s in self.schedules])
-        return outs[idx]
-
-    def __repr__(self):
-        return f"join(schedules={list(self.schedules)!r}, boundaries={fmt_leaf(self.boundaries)})"
-
-
-def join(schedules: Sequence[Any], boundaries: Sequence[int]) -> Schedule:
-    """Runs ``schedules[i]`` between ``boundaries[i-1]`` and ``boundaries[i]``.
-
-    Each schedule sees the count relative to its own start: after boundary ``b``, the next
-    schedule is called with ``t - b``. At step ``t`` the active schedule is the last one whose
-    boundary is ``<= t``; a repeated boundary makes an empty piece that is never used (as
-    torch's ``SequentialLR`` allows), so pieces can be switched off by moving boundaries.
-
-    Args:
-      schedules: pytree schedules or plain callables, ``len(boundaries) + 1`` of them.
-      boundaries: non-decreasing update counts, each >= 0.
-
-    Returns:
-      A pytree :class:`Schedule`.
-
-    Raises:
-      InvalidHyperparameterError: if the lengths disagree or boundaries decrease.
-    """
-    name = "join"
-    b = _check_boundaries(name, boundaries, strict=False)
-    if not hasattr(schedules, "__iter__"):
-        raise InvalidHyperparameterError(name, "schedules", schedules, "a sequence of schedules")
-    scheds = []
-    for s in schedules:
-        if isinstance(s, Schedule):
-            scheds.append(s)
-        elif callable(s):
-            scheds.append(CallableSchedule(s))
-        else:
-            raise InvalidHyperparameterError(name, "schedules", s, "schedules or callables")
-    if len(scheds) != b.shape[0] + 1:
-        raise InvalidHyperparameterError(
-            name, "schedules", schedules, f"len(boundaries) + 1 = {b.shape[0] + 1} schedules"
-        )
-    return make(Join, schedules=tuple(scheds), boundaries=b)
-
-
-def piecewise_constant_schedule(
-    init_value: float, boundaries_and_scales: dict[int, float] | None = None
-) -> Schedule:
-    """optax's spelling of :func:`piecewise_constant`: a start value and multiplicative scales.
-
-    The value starts at ``init_value`` and is multiplied by ``scale`` from each ``boundary`` on:
-    ``piecewise_constant_schedule(1.0, {100: 0.1, 200: 0.5})`` is
-    ``piecewise_constant([100, 200], [1.0, 0.1, 0.05])``.
-
-    Args:
-      init_value: the value before the first boundary.
-      boundaries_and_scales: a mapping from update count (int >= 0) to scale factor; default
-        none (a constant).
-
-    Returns:
-      A :class:`PiecewiseConstant` schedule.
-
-    Raises:
-      InvalidHyperparameterError: as :func:`piecewise_constant`, or if the mapping is not one.
-    """
-    name = "piecewise_constant_schedule"
-    check_real(name, "init_value", init_value)
-    if boundaries_and_scales is None:
-        boundaries_and_scales = {}
-    if not isinstance(boundaries_and_scales, dict):
-        raise InvalidHyperparameterError(
-            name, "boundaries_and_scales", boundaries_and_scales, "a dict {boundary: scale}"
-        )
-    boundaries = sorted(boundaries_and_scales)
-    values = [float(init_value)]
-    for b in boundaries:
-        check_real(name, "boundaries_and_scales", boundaries_and_scales[b])
-        values.append(values[-1] * float(boundaries_and_scales[b]))
-    return piecewise_constant(boundaries, values)
-
-
 # optax's names for the same schedules, so code written for optax reads the same with jopt.
 constant_schedule = constant
 linear_schedule = linear
 cosine_decay_schedule = cosine_decay
 warmup_cosine_decay_schedule = warmup_cosine_decay
-join_schedules = join
 
 _FACTORIES = {
     "constant": constant,
@@ -535,6 +416,7 @@ _FACTORIES = {
 }
 
 
+@checked_call
 def make_schedule(name: str, **kwargs: Any) -> Schedule:
     """Builds a schedule by name, for configuration files and command lines.
 
